@@ -1,0 +1,26 @@
+"""llavao1_jax: LLaVA-o1 (LLaVA-CoT) on Llama-3.2-Vision in JAX/Flax.
+
+The public names are resolved lazily so that `import llavao1_jax` stays cheap and each part
+(model, processor, data, inference) imports only what it needs.
+"""
+import importlib
+
+_EXPORTS = {
+    # model
+    "MllamaConfig": "llavao1_jax.model.config",
+    "Mllama": "llavao1_jax.model.mllama",
+    "load_pretrained": "llavao1_jax.model.hf_checkpoint",
+    "save_pretrained": "llavao1_jax.model.hf_checkpoint",
+    # processor
+    "Processor": "llavao1_jax.processor",
+    # inference
+    "generate": "llavao1_jax.inference",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'llavao1_jax' has no attribute {name!r}")
