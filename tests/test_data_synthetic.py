@@ -1,0 +1,110 @@
+"""The synthetic reasoning dataset: answers follow from the drawn scene, and the question alone does not give them away."""
+import collections
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from llavao1_jax.data import formats, synthetic_reasoning as sr
+
+N = 600
+
+
+def _members(noun: str, objects):
+    """Objects named by a plural noun of the questions: "red shapes" or "circles"."""
+    if noun.endswith(" shapes"):
+        return [o for o in objects if o.color == noun[:-len(" shapes")]]
+    return [o for o in objects if o.shape == noun[:-1]]
+
+
+def _solve(problem) -> str:
+    """Answer the question from the scene objects, independently of the generator's own reasoning."""
+    q, objs = problem.question, problem.objects
+    if m := re.match(r"How many (.+?) are there in the image\?", q):
+        value = str(len(_members(m.group(1), objs)))
+    elif m := re.match(r"Are there more (.+?) than (.+?)\?", q):
+        return "Yes" if len(_members(m.group(1), objs)) > len(_members(m.group(2), objs)) else "No"
+    elif m := re.match(r"If all the (.+?) were removed", q):
+        return str(len(objs) - len(_members(m.group(1), objs)))
+    elif m := re.match(r"How many (.+?) and (.+?) are there in total\?", q):
+        return str(len(_members(m.group(1), objs)) + len(_members(m.group(2), objs)))
+    elif m := re.match(r"What color is the (\w+)\?", q):
+        (target,) = [o for o in objs if o.shape == m.group(1)]
+        value = target.color
+    elif m := re.match(r"What shape is the (\w+) object\?", q):
+        (target,) = [o for o in objs if o.color == m.group(1)]
+        value = target.shape
+    else:
+        raise AssertionError(f"unexpected question {q!r}")
+    if not problem.choices:
+        return value
+    return "ABCD"[problem.choices.index(value)]
+
+
+def test_answers_follow_from_the_scene():
+    types = collections.Counter()
+    for i in range(N):
+        p = sr.make_problem(3, "train", i)
+        types[p.question_type] += 1
+        assert 1 <= len(p.objects) <= sr.MAX_OBJECTS
+        assert len({o.cell for o in p.objects}) == len(p.objects)
+        assert _solve(p) == p.answer, p
+        assert formats.parse_stages(formats.render_answer(p.stages())).conclusion == p.answer
+        if p.choices:
+            assert "\nOptions:\nA. " in p.question and p.answer in "ABCD"[:len(p.choices)]
+    assert set(types) == set(sr.QUESTION_TYPES) and min(types.values()) > N / len(sr.QUESTION_TYPES) / 2
+
+
+def test_text_only_guessing_is_at_chance():
+    """The best guess from the question text alone (its most frequent answer in train) scores about chance on test."""
+    by_question = collections.defaultdict(collections.Counter)
+    for i in range(4000):
+        p = sr.make_problem(0, "train", i)
+        by_question[p.question][p.answer] += 1
+    hits, chance = [], []
+    for i in range(1500):
+        p = sr.make_problem(0, "test", i)
+        seen = by_question.get(p.question)
+        hits.append(bool(seen) and seen.most_common(1)[0][0] == p.answer)
+        n_answers = len(p.choices) or {"compare": 2}.get(p.question_type, sr.MAX_COUNT + 1)
+        chance.append(1 / n_answers)
+    assert np.mean(hits) < np.mean(chance) + 0.05, (np.mean(hits), np.mean(chance))
+
+
+def test_deterministic_and_split_dependent():
+    assert sr.make_example(5, "train", 7, 64) == sr.make_example(5, "train", 7, 64)
+    assert sr.make_problem(5, "train", 7) != sr.make_problem(5, "test", 7)
+    assert sr.make_problem(5, "train", 7) != sr.make_problem(6, "train", 7)
+
+
+@pytest.mark.parametrize("size", [56, 112])
+def test_image_shows_the_objects(size):
+    for i in range(20):
+        p = sr.make_problem(1, "train", i)
+        example = sr.make_example(1, "train", i, size)
+        image = np.asarray(Image.open(io.BytesIO(example["image"])))
+        assert image.shape == (size, size, 3)
+        cell = size / sr.GRID
+        colors = {o.cell: sr.COLORS[o.color] for o in p.objects}
+        for c in range(sr.GRID * sr.GRID):
+            y, x = int((c // sr.GRID + 0.6) * cell), int((c % sr.GRID + 0.5) * cell)  # a bit below the centre: inside triangles
+            assert tuple(image[y, x]) == colors.get(c, sr.BACKGROUND)
+
+
+def test_example_fields():
+    example = sr.make_example(0, "test", 3, 112)
+    p = sr.make_problem(0, "test", 3)
+    assert example["id"] == "test-0000003"
+    assert [t["from"] for t in example["conversations"]] == ["human", "gpt"]
+    assert example["conversations"][0]["value"] == p.question
+    stages = formats.parse_stages(example["conversations"][1]["value"])
+    assert stages.conclusion == example["answer"] == p.answer
+    assert stages.caption == example["caption"] and stages.summary == example["summary"]
+    assert stages.reasoning == " ".join(example["reasoning"])
+
+
+def test_image_size_is_checked():
+    with pytest.raises(ValueError, match="image_size"):
+        sr.SyntheticReasoning(image_size=8)
