@@ -1,0 +1,181 @@
+"""Building blocks shared by the vision encoder and the text decoder.
+
+Every parameter is an `nnx.Param` carrying logical axis names (`out_sharding` metadata) that
+`llavao1_jax.sharding` maps onto a device mesh. Computation casts parameters to the compute dtype on use.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Axes = tuple[Optional[str], ...]
+
+ACTIVATIONS: dict[str, Callable] = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch's exact erf GELU
+    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "silu": jax.nn.silu,
+    "relu": jax.nn.relu,
+}
+
+
+def activation(name: str) -> Callable:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Axes, dtype, init: str = "normal") -> nnx.Param:
+    """A parameter with logical axis names; `init` is 'normal' (std 0.02), 'zeros' or 'ones'."""
+    if len(axes) != len(shape):
+        raise ValueError(f"axes {axes} do not match shape {tuple(shape)}")
+    if init == "normal":
+        value = 0.02 * jax.random.normal(rngs.params(), shape, dtype)
+    elif init == "zeros":
+        value = jnp.zeros(shape, dtype)
+    elif init == "ones":
+        value = jnp.ones(shape, dtype)
+    else:
+        raise ValueError(f"unknown init {init!r}")
+    return nnx.Param(value, out_sharding=tuple(axes), eager_sharding=False)
+
+
+class Linear(nnx.Module):
+    """y = x @ kernel (+ bias), kernel stored [in, out] (the transpose of torch's [out, in])."""
+
+    def __init__(self, d_in: int, d_out: int, axes: Axes, *, bias: bool = False, param_dtype, dtype,
+                 rngs: nnx.Rngs):
+        self.kernel = param(rngs, (d_in, d_out), axes, param_dtype)
+        self.bias = param(rngs, (d_out,), axes[1:], param_dtype, "zeros") if bias else None
+        self.dtype = dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.dot(x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """Llama RMSNorm: normalise in float32, cast back to the input dtype, then scale."""
+
+    def __init__(self, dim: int, eps: float, axis_name: Optional[str], *, param_dtype, rngs: nnx.Rngs):
+        self.weight = param(rngs, (dim,), (axis_name,), param_dtype, "ones")
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.weight[...].astype(x.dtype) * y.astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm with bias; statistics in float32."""
+
+    def __init__(self, dim: int, eps: float, axis_name: Optional[str], *, param_dtype, rngs: nnx.Rngs):
+        self.weight = param(rngs, (dim,), (axis_name,), param_dtype, "ones")
+        self.bias = param(rngs, (dim,), (axis_name,), param_dtype, "zeros")
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.weight[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def mask_value(dtype=jnp.float32) -> float:
+    """The additive value of a blocked attention entry (transformers uses finfo.min, not -inf)."""
+    return float(jnp.finfo(dtype).min)
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array]) -> jax.Array:
+    """Scaled dot-product attention with grouped K/V heads, softmax in float32.
+
+    q: [B, Sq, H, D]; k, v: [B, Sk, KV, D] with H a multiple of KV; bias: additive, broadcastable to
+    [B, KV, H // KV, Sq, Sk] (0 = attend, finfo.min = blocked). Returns [B, Sq, H, D].
+    """
+    b, sq, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, sq, kv, h // kv, d)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
+    if bias is not None:
+        scores = scores + bias
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, sq, h, d)
+
+
+def rope_inv_freq(head_dim: int, theta: float, rope_type: str, factor: float, low_freq_factor: float,
+                  high_freq_factor: float, original_max_position: int) -> np.ndarray:
+    """Inverse RoPE frequencies in float32, with Llama-3 frequency scaling when rope_type == 'llama3'."""
+    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv = (np.float32(1.0) / np.power(np.float32(theta), exponent)).astype(np.float32)
+    if rope_type == "default":
+        return inv
+    wavelen = np.float32(2 * np.pi) / inv
+    low_wl = np.float32(original_max_position / low_freq_factor)
+    high_wl = np.float32(original_max_position / high_freq_factor)
+    scaled = np.where(wavelen > low_wl, inv / np.float32(factor), inv)
+    smooth = (np.float32(original_max_position) / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    smoothed = (1 - smooth) * scaled / np.float32(factor) + smooth * scaled
+    medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rope_cos_sin(positions: jax.Array, inv_freq: np.ndarray, dtype) -> tuple[jax.Array, jax.Array]:
+    """cos/sin tables [B, S, head_dim] for integer positions [B, S], computed in float32, cast to `dtype`."""
+    freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)[None, None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate-half RoPE on x [B, S, H, D] (Hugging Face weight layout)."""
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return x * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+
+
+def stack_layers(make_layer: Callable[[nnx.Rngs], nnx.Module], num_layers: int, rngs: nnx.Rngs) -> nnx.Module:
+    """`num_layers` copies of a layer with parameters stacked on a leading 'layers' axis (for lax.scan)."""
+
+    @nnx.split_rngs(splits=num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def create(layer_rngs):
+        return make_layer(layer_rngs)
+
+    return create(rngs)
+
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+def scan_layers(layers: nnx.Module, step: Callable, carry, xs=None, *, remat: str = "none", start=None, stop=None):
+    """Runs `step(layer, carry, x) -> (carry, y)` over stacked `layers[start:stop]` with lax.scan.
+
+    `xs` are per-layer inputs with the same leading axis (sliced alike). The body is traced once whatever the depth;
+    `remat` picks an activation checkpointing policy from REMAT_POLICIES.
+    """
+    if remat not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat policy {remat!r}; choose from {sorted(REMAT_POLICIES)}")
+    graphdef, state = nnx.split(layers)
+    if start is not None or stop is not None:
+        state = jax.tree.map(lambda a: a[start:stop], state)
+        xs = jax.tree.map(lambda a: a[start:stop], xs)
+
+    def body(c, inputs):
+        layer_state, x = inputs
+        return step(nnx.merge(graphdef, layer_state), c, x)
+
+    if remat != "none":
+        body = jax.checkpoint(body, policy=REMAT_POLICIES[remat], prevent_cse=False)
+    return jax.lax.scan(body, carry, (state, xs))

@@ -1,0 +1,126 @@
+"""Logits of llavao1_jax against transformers (eager, float32, CPU) on the same tiny random checkpoint."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import llavao1_jax as lj
+from hf_reference import HF_CONFIG, IMAGE_TOKEN, hf_logits, make_batch, make_hf_model, relative_error
+
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = make_hf_model()
+    path = tmp_path_factory.mktemp("hf_tiny")
+    model.save_pretrained(path, safe_serialization=True)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def ours(checkpoint):
+    return lj.load_pretrained(checkpoint[1])
+
+
+@pytest.mark.parametrize("aspect_ratio_id", [1, 2, 3, 6], ids=["1tile", "2tiles", "3tiles", "4tiles"])
+def test_one_image_each_tile_count(checkpoint, ours, aspect_ratio_id):
+    batch = make_batch(np.random.default_rng(aspect_ratio_id), [[aspect_ratio_id]], 9, [[0]])
+    assert relative_error(ours(**batch), hf_logits(checkpoint[0], batch)) < TOL
+
+
+def test_batch_of_tile_counts_and_text_before_image(checkpoint, ours):
+    batch = make_batch(np.random.default_rng(1), [[1], [2], [7], [6]], 11, [[0], [3], [5], [1]])
+    assert relative_error(ours(**batch), hf_logits(checkpoint[0], batch)) < TOL
+
+
+def test_two_images_per_sample(checkpoint, ours):
+    # second sample has one real image and one padding image (aspect ratio id 0)
+    batch = make_batch(np.random.default_rng(2), [[6, 2], [3, 0]], 12, [[1, 6], [2, -1]])
+    assert batch["cross_attention_mask"][0, 7, 1].sum() == 2 and batch["cross_attention_mask"][0, 7, 0].sum() == 0
+    assert relative_error(ours(**batch), hf_logits(checkpoint[0], batch)) < TOL
+
+
+def test_left_padded_batch(checkpoint, ours):
+    batch = make_batch(np.random.default_rng(3), [[6], [5]], 10, [[3], [1]], left_pad=[3, 0])
+    mask = batch["attention_mask"]
+    assert relative_error(ours(**batch), hf_logits(checkpoint[0], batch), mask) < TOL
+
+
+def test_text_only(checkpoint, ours):
+    rng = np.random.default_rng(4)
+    batch = dict(input_ids=rng.integers(3, 99, (2, 8)), attention_mask=np.ones((2, 8), np.int64))
+    assert relative_error(ours(**batch), hf_logits(checkpoint[0], batch)) < TOL
+
+
+def test_image_changes_logits(ours):
+    """Guards the parity tests against a model that ignores the image (zero gates)."""
+    rng = np.random.default_rng(5)
+    batch = make_batch(rng, [[6]], 8, [[1]])
+    other = dict(batch, pixel_values=batch["pixel_values"] + rng.normal(size=batch["pixel_values"].shape))
+    assert np.abs(np.asarray(ours(**batch)) - np.asarray(ours(**other)))[:, 2:].max() > 1e-3
+
+
+def test_meta_row_mask_hides_the_image_from_rows_before_it(checkpoint, ours):
+    """Meta's reference zeroes cross-attention for rows that see no image; transformers lets them see it (7.2)."""
+    meta = lj.load_pretrained(checkpoint[1], meta_cross_attention_row_mask=True)
+    rng = np.random.default_rng(6)
+    batch = make_batch(rng, [[6]], 8, [[3]])
+    other = dict(batch, pixel_values=batch["pixel_values"] + rng.normal(size=batch["pixel_values"].shape))
+    np.testing.assert_array_equal(np.asarray(meta(**batch))[:, :3], np.asarray(meta(**other))[:, :3])
+    assert np.abs(np.asarray(ours(**batch))[:, :3] - np.asarray(ours(**other))[:, :3]).max() > 1e-5
+    assert np.abs(np.asarray(meta(**batch))[:, 3:] - np.asarray(meta(**other))[:, 3:]).max() > 1e-5
+
+
+def test_round_trip_through_transformers(checkpoint, ours, tmp_path):
+    from transformers import MllamaForConditionalGeneration
+
+    lj.save_pretrained(ours, tmp_path)
+    reloaded_hf = MllamaForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").float()
+    batch = make_batch(np.random.default_rng(7), [[6], [3]], 9, [[0], [2]])
+    assert relative_error(ours(**batch), hf_logits(reloaded_hf, batch)) < TOL
+    again = lj.load_pretrained(tmp_path)
+    for a, b in zip(jax.tree.leaves(nnx.state(ours, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the exported tensors carry exactly the names and shapes transformers saved
+    from safetensors import safe_open
+    with safe_open(tmp_path / "model.safetensors", "numpy") as f, \
+            safe_open(checkpoint[1] / "model.safetensors", "numpy") as g:
+        assert sorted(f.keys()) == sorted(g.keys())
+        assert all(f.get_slice(k).get_shape() == g.get_slice(k).get_shape() for k in f.keys())
+
+
+def test_loads_transformers_5_names_and_config(checkpoint, ours, tmp_path):
+    """transformers >= 4.52 / 5.x tensor names and the 5.x config layout (rope_parameters, num_attention_heads)."""
+    from safetensors.numpy import save_file
+    from safetensors import safe_open
+
+    renames = {"language_model.model.": "model.language_model.", "vision_model.": "model.vision_model.",
+               "multi_modal_projector.": "model.multi_modal_projector.", "language_model.lm_head.": "lm_head."}
+    tensors = {}
+    with safe_open(checkpoint[1] / "model.safetensors", "numpy") as f:
+        for k in f.keys():
+            new = next((n + k[len(o):] for o, n in renames.items() if k.startswith(o)), k)
+            tensors[new] = f.get_tensor(k)
+    save_file(tensors, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    cfg = json.loads((checkpoint[1] / "config.json").read_text())
+    text, vision = cfg["text_config"], cfg["vision_config"]
+    text["rope_parameters"] = dict(text.pop("rope_scaling"), rope_theta=text.pop("rope_theta"))
+    vision["num_attention_heads"] = vision.pop("attention_heads")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    batch = make_batch(np.random.default_rng(8), [[6]], 7, [[0]])
+    np.testing.assert_array_equal(np.asarray(lj.load_pretrained(tmp_path)(**batch)), np.asarray(ours(**batch)))
+
+
+def test_bfloat16_forward_close_to_float32(checkpoint, ours):
+    bf16 = lj.load_pretrained(checkpoint[1], dtype="bfloat16")
+    batch = make_batch(np.random.default_rng(9), [[6], [2]], 9, [[0], [4]])
+    ref = np.asarray(ours(**batch))
+    assert relative_error(bf16(**batch), ref) < 5e-2
+    assert jax.tree.leaves(nnx.state(bf16, nnx.Param))[0].dtype == np.dtype("bfloat16")
+
+
+def test_image_token_id_is_in_config(ours):
+    assert ours.config.image_token_index == IMAGE_TOKEN == HF_CONFIG["image_token_index"]
