@@ -1,9 +1,10 @@
 """Mllama image preprocessing in numpy/PIL, identical to transformers 4.54.1 `MllamaImageProcessor`.
 
-One image: RGB (alpha on white) -> best tile grid -> PIL resize to fit the canvas -> zero padding bottom/right -> rescale and
-normalise -> row-major tiles `[tiles, 3, tile, tile]` float32. A batch: nested lists of images -> `pixel_values
-[B, max_images, max_image_tiles, 3, tile, tile]` (missing tiles and images exactly 0), `aspect_ratio_ids [B, max_images]`
-(0 for padding images), `aspect_ratio_mask [B, max_images, max_image_tiles]` (tile 0 always 1, as transformers does).
+One image: RGB (alpha on white) -> best tile grid -> PIL resize to fit the canvas -> zero padding bottom/right ->
+rescale and normalise -> row-major tiles `[tiles, 3, tile, tile]` float32. A batch: nested lists of images ->
+`pixel_values [B, max_images, max_image_tiles, 3, tile, tile]` (missing tiles and images exactly 0),
+`aspect_ratio_ids [B, max_images]` (0 for padding images), `aspect_ratio_mask [B, max_images, max_image_tiles]`
+(tile 0 always 1, as transformers does).
 
 Speed: rescaling and normalising a uint8 value is a 256-entry table per channel, computed with the same float64 ->
 float32 steps as transformers, so a lookup (`np.take`) gives bit-identical values; tiles are written straight into the
@@ -31,7 +32,7 @@ _REQUIRED_TRUE = ("do_convert_rgb", "do_resize", "do_pad")
 
 
 class TiledImage(NamedTuple):
-    """One preprocessed image: `tiles [grid_h * grid_w, 3, tile, tile]` float32 and its `grid (tiles_high, tiles_wide)`."""
+    """One preprocessed image: float32 `tiles [grid_h * grid_w, 3, tile, tile]` and `grid (tiles_high, tiles_wide)`."""
 
     tiles: np.ndarray
     grid: tuple[int, int]
@@ -98,7 +99,8 @@ class ImageProcessor:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.tile_size < 1 or self.max_image_tiles < 1:
-            raise ValueError(f"tile_size and max_image_tiles must be positive, got {self.tile_size}, {self.max_image_tiles}")
+            raise ValueError(f"tile_size and max_image_tiles must be positive, got {self.tile_size}, "
+                             f"{self.max_image_tiles}")
         if self.resample not in {int(mode) for mode in PIL.Image.Resampling}:
             raise ValueError(f"resample must be a PIL resampling filter (0-5), got {self.resample}")
         for name in ("image_mean", "image_std"):
@@ -190,14 +192,17 @@ class ImageProcessor:
         return np.asarray(rgb), grid
 
     def _write_tiles(self, pixels: np.ndarray, grid: tuple[int, int], out: np.ndarray) -> None:
-        """Pads `pixels` to the canvas and writes its normalised tiles into `out[:grid_h * grid_w]`."""
+        """Pads `pixels` to the canvas and writes its normalised tiles into `out[:grid_h * grid_w]` (row-major)."""
         tile, (high, wide) = self.tile_size, grid
-        canvas = np.zeros((3, high * tile, wide * tile), dtype=np.uint8)
-        canvas[:, : pixels.shape[0], : pixels.shape[1]] = pixels.transpose(2, 0, 1)
-        by_tile = canvas.reshape(3, high, tile, wide, tile).transpose(1, 3, 0, 2, 4)
-        target = out[: high * wide].reshape(high, wide, 3, tile, tile)
-        for channel in range(3):
-            np.take(self._value_table[channel], by_tile[:, :, channel], out=target[:, :, channel], mode="clip")
+        canvas = np.zeros((high * tile, wide * tile, 3), dtype=np.uint8)
+        canvas[: pixels.shape[0], : pixels.shape[1]] = pixels
+        # One lookup per tile and channel: `np.take` is fastest writing whole contiguous planes.
+        for row in range(high):
+            for column in range(wide):
+                block = canvas[row * tile : (row + 1) * tile, column * tile : (column + 1) * tile]
+                for channel in range(3):
+                    np.take(self._value_table[channel], block[..., channel], out=out[row * wide + column, channel],
+                            mode="clip")
 
     def preprocess(self, image: ImageLike) -> TiledImage:
         """Preprocesses one image (PIL image, uint8 array, path or encoded bytes) into its tiles and grid.
@@ -252,7 +257,8 @@ class ImageProcessor:
         for row, sample in enumerate(samples):
             for column, image in enumerate(sample):
                 if image.tiles.shape[1:] != pixel_values.shape[3:] or image.num_tiles != image.grid[0] * image.grid[1]:
-                    raise ValueError(f"sample {row}, image {column}: tiles {image.tiles.shape} do not match this processor")
+                    raise ValueError(f"sample {row}, image {column}: tiles {image.tiles.shape} do not fit this "
+                                     "processor")
                 pixel_values[row, column, : image.num_tiles] = image.tiles
         grids = [[image.grid for image in sample] for sample in samples]
         return {"pixel_values": pixel_values, **self._batch_arrays(grids, max_images)}
@@ -267,8 +273,9 @@ class ImageProcessor:
           num_workers: threads to spread the images over (0 or 1: in this thread).
 
         Returns:
-          dict with `pixel_values` float32 `[B, max_images, max_image_tiles, 3, tile, tile]`, `aspect_ratio_ids` int64
-          `[B, max_images]`, `aspect_ratio_mask` int64 `[B, max_images, max_image_tiles]` and `num_tiles` (list of lists).
+          dict with `pixel_values` float32 `[B, max_images, max_image_tiles, 3, tile, tile]`, `aspect_ratio_ids`
+          int64 `[B, max_images]`, `aspect_ratio_mask` int64 `[B, max_images, max_image_tiles]` and `num_tiles`
+          (list of lists).
 
         Raises:
           ValueError / FileNotFoundError naming the sample and image that cannot be read.
