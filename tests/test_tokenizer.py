@@ -111,3 +111,7 @@ def test_bad_ranks_file(tmp_path):
     short.write_text("IQ== 0\n")
     with pytest.raises(ValueError, match="expected 128000 base tokens"):
         llama_tokenizer.build_tokenizer(short)
+
+
+def test_split_pattern_is_llama3s():
+    assert llama_tokenizer.SPLIT_PATTERN == MetaTokenizer.pat_str

@@ -1,9 +1,9 @@
 """The Llama-3.2-Vision Instruct chat template and the checks made on conversations before rendering it.
 
 The template itself lives next to this file in `llama3_2_vision_instruct.jinja`; it is stored in the saved processor
-(`tokenizer_config.json` and `chat_template.json`) so that transformers renders exactly the same prompt. Rendered prompts
-start with `<|begin_of_text|>`; image prompts get no system block unless the conversation has a system message; a text-only
-prompt gets Llama 3.1's system block, dated "26 Jul 2024" unless `date_string` is given.
+(`tokenizer_config.json` and `chat_template.json`) so that transformers renders exactly the same prompt. Rendered
+prompts start with `<|begin_of_text|>`; image prompts get no system block unless the conversation has a system
+message; a text-only prompt gets Llama 3.1's system block, dated "26 Jul 2024" unless `date_string` is given.
 """
 from collections.abc import Mapping, Sequence
 from importlib import resources
@@ -37,6 +37,7 @@ def check_conversation(conversation, where: str = "conversation") -> None:
             raise ValueError(f"{at}: 'content' must be a string or a list of parts, got {type(content).__name__}")
         for part_index, part in enumerate(content):
             if not isinstance(part, Mapping) or part.get("type") not in _PART_TYPES:
-                raise ValueError(f"{at}, part {part_index}: expected {{'type': 'image'|'text', ...}}, got {part!r:.120}")
+                raise ValueError(f"{at}, part {part_index}: expected {{'type': 'image'|'text', ...}}, "
+                                 f"got {part!r:.120}")
             if part["type"] == "text" and not isinstance(part.get("text"), str):
                 raise ValueError(f"{at}, part {part_index}: a text part needs a string 'text'")

@@ -1,8 +1,8 @@
 """Geometry of Mllama's tiled canvases: which tile grid an image gets and the size it is resized to.
 
-A grid is `(tiles_high, tiles_wide)`; the canvas is the grid times the (square) tile size. Every formula keeps the order
-of floating-point operations of transformers 4.54.1 `MllamaImageProcessor`, so the chosen grid and size agree with it for
-every image size.
+A grid is `(tiles_high, tiles_wide)`; the canvas is the grid times the (square) tile size. Every formula keeps the
+order of floating-point operations of transformers 4.54.1 `MllamaImageProcessor`, so the chosen grid and size agree
+with it for every image size.
 """
 import functools
 import math
@@ -51,9 +51,9 @@ def best_grid(height: int, width: int, tile_size: int, max_image_tiles: int) -> 
 def resized_size(height: int, width: int, grid: tuple[int, int], tile_size: int) -> tuple[int, int]:
     """`(new_height, new_width)` of an image placed on the canvas of `grid`, aspect ratio kept.
 
-    Each side is first aimed at its own size clipped to `[tile_size, canvas side]` (small images grow to a tile, big ones
-    shrink to the canvas); the side that needs the smaller scale takes its target and the other side follows by that
-    scale, rounded down, at least 1 and at most its own target.
+    Each side is first aimed at its own size clipped to `[tile_size, canvas side]` (small images grow to a tile, big
+    ones shrink to the canvas); the side that needs the smaller scale takes its target and the other side follows by
+    that scale, rounded down, at least 1 and at most its own target.
     """
     canvas_h, canvas_w = grid[0] * tile_size, grid[1] * tile_size
     target_h = min(max(height, tile_size), canvas_h)

@@ -23,7 +23,8 @@ from llavao1_jax.processor.chat_template import CHAT_TEMPLATE
 
 # Llama 3's pre-tokenisation pattern (contractions, letters, 1-3 digit groups, punctuation runs, newlines, spaces).
 SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
 NUM_BASE_TOKENS = 128_000
 NUM_RESERVED_SPECIAL_TOKENS = 256
