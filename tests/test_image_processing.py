@@ -194,9 +194,12 @@ def test_config_round_trip(tmp_path):
     ({"image_std": [0.5, 0.0, 0.5]}, "must not contain 0"),
     ({"max_image_tiles": 2.5}, "max_image_tiles must be an integer"),
     ({"resample": 9}, "resample must be a PIL resampling filter"),
+    ({"rescale_factor": "1/255"}, "rescale_factor must be a number"),
+    ({"do_normalize": "yes"}, "do_rescale and do_normalize must be booleans"),
 ])
 def test_bad_configs(tmp_path, config, message):
-    (tmp_path / "preprocessor_config.json").write_text(json.dumps(config))
+    complete = ImageProcessor(tile_size=28).to_config()
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({**complete, **config}))
     with pytest.raises(ValueError, match=message) as error:
         ImageProcessor.from_pretrained(tmp_path)
     assert "preprocessor_config.json" in str(error.value)
@@ -207,6 +210,9 @@ def test_missing_and_broken_config(tmp_path):
         ImageProcessor.from_pretrained(tmp_path)
     (tmp_path / "preprocessor_config.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not valid JSON"):
+        ImageProcessor.from_pretrained(tmp_path)
+    (tmp_path / "preprocessor_config.json").write_text(json.dumps({"max_image_tiles": 4, "image_std": [0.5] * 3}))
+    with pytest.raises(ValueError, match="preprocessor_config.json: missing size, image_mean"):
         ImageProcessor.from_pretrained(tmp_path)
 
 

@@ -1,5 +1,6 @@
 """The whole processor against transformers 4.54.1 `MllamaProcessor` loaded from the directory ours saves."""
 import json
+import pickle
 import random
 
 import numpy as np
@@ -241,6 +242,13 @@ def test_from_pretrained_round_trip(small):
     text = ["<|image|>Round trip, ünïcode 🙂", "<|image|>two"]
     images = [[image(20, 20)], [image(40, 20, 1)]]
     assert_same(loaded(images=images, text=text, padding=True), ours(images=images, text=text, padding=True))
+
+
+def test_pickles_for_data_loader_workers(small):
+    ours = small[0]
+    copy = pickle.loads(pickle.dumps(ours))
+    kwargs = dict(images=[[image(40, 90)]], text=["<|image|>same after pickling"])
+    assert_same(copy(**kwargs), ours(**kwargs))
 
 
 def test_ids_decode_and_attributes(small):

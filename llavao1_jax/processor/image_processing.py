@@ -111,15 +111,27 @@ class ImageProcessor:
             object.__setattr__(self, name, tuple(float(v) for v in values))
         if 0.0 in self.image_std:
             raise ValueError(f"image_std must not contain 0, got {self.image_std}")
+        if isinstance(self.rescale_factor, bool) or not isinstance(self.rescale_factor, (int, float)):
+            raise ValueError(f"rescale_factor must be a number, got {self.rescale_factor!r}")
+        if not isinstance(self.do_rescale, bool) or not isinstance(self.do_normalize, bool):
+            raise ValueError(f"do_rescale and do_normalize must be booleans, got {self.do_rescale!r}, "
+                             f"{self.do_normalize!r}")
 
     # ----------------------------------------------------------------------------------------------------- configs
     @classmethod
     def from_config(cls, config: dict, source: str = "config") -> "ImageProcessor":
-        """From a transformers `preprocessor_config.json` dictionary (`size`, `max_image_tiles`, mean/std, ...)."""
+        """From a transformers `preprocessor_config.json` dictionary (`size`, `max_image_tiles`, mean/std, ...).
+
+        `size`, `image_mean` and `image_std` must be present: transformers would fill them with class defaults (224 px,
+        mean/std 0.5) that no Mllama checkpoint uses, so a config without them is refused rather than guessed.
+        """
+        missing = [key for key in ("size", "image_mean", "image_std") if key not in config]
+        if missing:
+            raise ValueError(f"{source}: missing {', '.join(missing)}")
         refused = [key for key in _REQUIRED_TRUE if not config.get(key, True)]
         if refused:
             raise ValueError(f"{source}: {', '.join(refused)} = false is not supported by Mllama preprocessing")
-        size = config.get("size", {"height": 560, "width": 560})
+        size = config["size"]
         if not isinstance(size, dict) or size.get("height") is None or size.get("height") != size.get("width"):
             raise ValueError(f"{source}: 'size' must be {{'height': n, 'width': n}} with equal sides, got {size!r}")
         fields = {
