@@ -9,6 +9,7 @@ _EXPORTS = {
     # model
     "MllamaConfig": "llavao1_jax.model.config",
     "Mllama": "llavao1_jax.model.mllama",
+    "init_model": "llavao1_jax.model.mllama",
     "load_pretrained": "llavao1_jax.model.hf_checkpoint",
     "save_pretrained": "llavao1_jax.model.hf_checkpoint",
     # processor

@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from safetensors import safe_open
 from safetensors.numpy import save_file
 from tqdm import tqdm
 
 from llavao1_jax.model.config import MllamaConfig
 from llavao1_jax.model.mllama import Mllama
+from llavao1_jax.sharding import DEFAULT_RULES, state_shardings
 
 # Our stacked groups -> (Hub prefix of one layer, which layer indices belong to the group).
 _GROUPS = {
@@ -190,12 +191,12 @@ def _param_loader(m: TensorMap, ckpt: SafetensorsDir, shape, dtype) -> Callable:
 
 
 def load_pretrained(hf_dir: str | os.PathLike, dtype: str = "float32", *, param_dtype: Optional[str] = None,
-                    shardings: Optional[Callable[[nnx.State], nnx.State]] = None, **config_overrides) -> Mllama:
+                    mesh: Optional[Mesh] = None, rules=DEFAULT_RULES, **config_overrides) -> Mllama:
     """Loads a transformers-format Mllama checkpoint directory (config.json + *.safetensors [+ index json]).
 
-    dtype: compute dtype; param_dtype: storage dtype (defaults to `dtype`). `shardings` maps the abstract parameter
-    state to a state of `jax.sharding.Sharding`s (see `llavao1_jax.sharding`); by default everything lands on the
-    first device. Other keywords override `MllamaConfig` fields (e.g. remat="full").
+    dtype: compute dtype; param_dtype: storage dtype (defaults to `dtype`). With a `mesh`, every parameter is placed
+    by its logical axis names through `rules` (see `llavao1_jax.sharding`); without one, on the first device.
+    Other keywords override `MllamaConfig` fields (e.g. remat="full").
     """
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():
@@ -208,11 +209,10 @@ def load_pretrained(hf_dir: str | os.PathLike, dtype: str = "float32", *, param_
     ckpt = SafetensorsDir(hf_dir)
     _check_names(maps, ckpt, hf_dir)
     leaves, treedef = jax.tree.flatten(abstract_state)
-    if shardings is None:
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        sharding_leaves = [device] * len(leaves)
+    if mesh is None:
+        sharding_leaves = [jax.sharding.SingleDeviceSharding(jax.devices()[0])] * len(leaves)
     else:
-        sharding_leaves = jax.tree.leaves(shardings(abstract_state))
+        sharding_leaves = jax.tree.leaves(state_shardings(abstract_state, mesh, rules))
     arrays = []
     for m, leaf, sharding in tqdm(list(zip(maps, leaves, sharding_leaves)), desc=f"loading {hf_dir.name}",
                                   unit="param", disable=len(maps) < 200):

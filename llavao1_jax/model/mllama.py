@@ -12,11 +12,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 
 from llavao1_jax.model.config import MllamaConfig
 from llavao1_jax.model.layers import Linear
 from llavao1_jax.model.text import CrossInputs, KVCache, TextDecoder, causal_bias, cross_inputs
 from llavao1_jax.model.vision import VisionEncoder
+from llavao1_jax.sharding import DEFAULT_RULES, state_shardings
 
 INPUT_NAMES = ("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids", "aspect_ratio_mask",
                "cross_attention_mask", "position_ids")
@@ -83,6 +85,16 @@ class Mllama(nnx.Module):
             cross_attention_mask=cross_attention_mask, position_ids=position_ids))
         graphdef, state = nnx.split(self)
         return _jitted_forward(graphdef, state, inputs)
+
+
+def init_model(config: MllamaConfig, seed: int = 0, *, mesh: Optional[Mesh] = None,
+               rules=DEFAULT_RULES) -> Mllama:
+    """A randomly initialised model, created by one jitted function straight into its shards when `mesh` is given
+    (no unsharded copy anywhere)."""
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Mllama(config, rngs=nnx.Rngs(seed))))
+    out_shardings = state_shardings(abstract_state, mesh, rules) if mesh is not None else None
+    state = jax.jit(lambda: nnx.state(Mllama(config, rngs=nnx.Rngs(seed))), out_shardings=out_shardings)()
+    return nnx.merge(graphdef, state)
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -1,0 +1,190 @@
+"""Model checks that need no reference: shapes of the real sizes, sharding, remat, config I/O, input validation."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import llavao1_jax as lj
+from hf_reference import HF_CONFIG, make_batch, make_hf_model
+from llavao1_jax.model import MllamaConfig, preset
+from llavao1_jax.model.text import block_runs, layer_period
+from llavao1_jax.sharding import make_mesh
+
+
+def param_count(config) -> int:
+    abstract = nnx.eval_shape(lambda: lj.Mllama(config, rngs=nnx.Rngs(0)))
+    return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+
+
+def test_11b_parameter_count():
+    assert param_count(preset("llama-3.2-11b-vision")) == 10_670_220_835
+
+
+def test_mid_preset_is_about_160m():
+    assert 150e6 < param_count(preset("mid")) < 170e6
+
+
+def test_layer_blocks_of_real_configs():
+    assert layer_period(preset("llama-3.2-11b-vision").text) == 5
+    assert block_runs(preset("llama-3.2-11b-vision").text) == [("self", 3), ("cross", 1), ("self", 1)]
+    assert block_runs(preset("llama-3.2-90b-vision").text) == [("self", 3), ("cross", 1), ("self", 1)]
+    assert layer_period(preset("tiny").text) == 4  # one cross layer at index 1 of 4
+
+
+def test_11b_forward_traces_one_block(monkeypatch):
+    """The 40-layer decoder is scanned: tracing the 11B forward builds each layer kind's body a bounded number of
+    times, independent of depth."""
+    from llavao1_jax.model import text
+
+    calls = {"self": 0, "cross": 0}
+    for cls, kind in ((text.SelfAttentionLayer, "self"), (text.CrossAttentionLayer, "cross")):
+        original = cls.__call__
+
+        def counting(self, *a, _orig=original, _kind=kind, **k):
+            calls[_kind] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(cls, "__call__", counting)
+    cfg = preset("llama-3.2-11b-vision")
+    abstract = nnx.eval_shape(lambda: lj.Mllama(cfg, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    ids = jax.ShapeDtypeStruct((1, 16), jnp.int32)
+    pv = jax.ShapeDtypeStruct((1, 1, 4, 3, 560, 560), jnp.float32)
+    ar = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    arm = jax.ShapeDtypeStruct((1, 1, 4), jnp.int32)
+    cm = jax.ShapeDtypeStruct((1, 16, 1, 4), jnp.int32)
+    out = jax.eval_shape(lambda s, *a: nnx.merge(graphdef, s).forward(a[0], None, *a[1:]), state, ids, pv, ar, arm, cm)
+    assert out.shape == (1, 16, 128256)
+    assert calls == {"self": 1, "cross": 1}
+
+
+def test_config_json_round_trip_and_5x_layout():
+    cfg = MllamaConfig.from_hf_dict(HF_CONFIG)
+    assert MllamaConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+    d = json.loads(json.dumps(HF_CONFIG))
+    d["text_config"]["rope_parameters"] = dict(d["text_config"].pop("rope_scaling"), rope_theta=123.0)
+    d["vision_config"]["num_attention_heads"] = d["vision_config"].pop("attention_heads")
+    five = MllamaConfig.from_hf_dict(d)
+    assert five.text.rope_theta == 123.0 and five.vision.num_attention_heads == 4
+    assert five.text.rope_type == "llama3" and five.text.rope_original_max_position_embeddings == 64
+
+
+def test_config_errors_are_clear(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        MllamaConfig.from_json_file(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        MllamaConfig.from_json_file(tmp_path / "config.json")
+    bad = json.loads(json.dumps(HF_CONFIG))
+    bad["vision_config"]["vision_output_dim"] = 40
+    with pytest.raises(ValueError, match="vision_output_dim"):
+        MllamaConfig.from_hf_dict(bad)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf_tiny_model_tests")
+    make_hf_model(seed=1).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint):
+    return lj.load_pretrained(checkpoint)
+
+
+def test_sharded_load_matches_single_device(checkpoint, model):
+    mesh = make_mesh(fsdp=4, tensor=2)
+    sharded = lj.load_pretrained(checkpoint, mesh=mesh)
+    q = sharded.language_model.self_layers.self_attn.q_proj.kernel[...]
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (8, 8, 16)
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(sharded))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    batch = make_batch(np.random.default_rng(0), [[6], [2]], 8, [[1], [0]])
+    np.testing.assert_allclose(np.asarray(sharded(**batch)), np.asarray(model(**batch)), rtol=1e-5, atol=1e-6)
+
+
+def test_remat_gives_same_loss_and_gradients(checkpoint):
+    batch = make_batch(np.random.default_rng(1), [[6]], 8, [[1]])
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+
+    def grads(remat):
+        graphdef, state = nnx.split(lj.load_pretrained(checkpoint, remat=remat))
+
+        def loss(s):
+            return jnp.mean(nnx.merge(graphdef, s).forward(**batch)[..., :5] ** 2)
+
+        return jax.jit(jax.value_and_grad(loss))(state)
+
+    (l0, g0), (l1, g1) = grads("none"), grads("full")
+    np.testing.assert_allclose(l0, l1, rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(np.asarray(b)).max()) + 1e-12)
+    assert any(np.abs(np.asarray(g)).max() > 0 for g in jax.tree.leaves(g0))
+
+
+def test_load_errors_name_the_tensor(checkpoint, tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(checkpoint / "model.safetensors", "numpy") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    (tmp_path / "config.json").write_text((checkpoint / "config.json").read_text())
+
+    def write(ts):
+        save_file(ts, tmp_path / "model.safetensors", metadata={"format": "pt"})
+
+    write({k: v for k, v in tensors.items() if k != "multi_modal_projector.bias"})
+    with pytest.raises(ValueError, match="missing 1 tensor.*multi_modal_projector.bias"):
+        lj.load_pretrained(tmp_path)
+    write(dict(tensors, **{"vision_model.extra.weight": np.zeros(3, np.float32)}))
+    with pytest.raises(ValueError, match="unexpected 1 tensor.*vision_model.extra.weight"):
+        lj.load_pretrained(tmp_path)
+    write(dict(tensors, **{"multi_modal_projector.weight": np.zeros((32, 7), np.float32)}))
+    with pytest.raises(ValueError, match=r"multi_modal_projector.weight has shape \(32, 7\)"):
+        lj.load_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        lj.load_pretrained(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda b: dict(b, pixel_values=b["pixel_values"][0]), "pixel_values must be"),
+    (lambda b: dict(b, cross_attention_mask=np.concatenate([b["cross_attention_mask"]] * 2, axis=2)),
+     "names 2 images but pixel_values holds 1"),
+    (lambda b: dict(b, aspect_ratio_ids=np.zeros((2, 2), np.int64)), "aspect_ratio_ids must be"),
+    (lambda b: dict(b, input_ids=b["input_ids"] + 200), "out of vocabulary"),
+    (lambda b: dict(b, input_ids=-b["input_ids"]), "out of vocabulary"),
+    (lambda b: dict(b, input_ids=b["input_ids"].astype(np.float32)), "must be integers"),
+    (lambda b: dict(b, attention_mask=b["attention_mask"][:, :3]), "attention_mask must have the shape"),
+    (lambda b: dict(b, pixel_values=b["pixel_values"][..., :10, :10]), "does not fit this model"),
+    (lambda b: {k: v for k, v in b.items() if k != "aspect_ratio_ids"}, "aspect_ratio_ids is required"),
+    (lambda b: {k: v for k, v in b.items() if k != "pixel_values"}, "given without pixel_values"),
+])
+def test_bad_input_fails_before_compiling(model, change, message, monkeypatch):
+    from llavao1_jax.model import mllama
+
+    def no_compile(*a, **k):
+        raise AssertionError("compiled despite bad input")
+
+    monkeypatch.setattr(mllama, "_jitted_forward", no_compile)
+    batch = make_batch(np.random.default_rng(2), [[6], [1]], 6, [[0], [0]])
+    with pytest.raises(ValueError, match=message):
+        model(**change(batch))
+
+
+def test_init_model_is_sharded_and_runs():
+    mesh = make_mesh(fsdp=2, tensor=4)
+    cfg = preset("tiny")
+    m = lj.init_model(cfg, seed=3, mesh=mesh)
+    emb = m.language_model.embed_tokens[...]
+    assert emb.sharding.spec == jax.sharding.PartitionSpec("tensor", "fsdp")
+    assert float(jnp.std(emb)) == pytest.approx(0.02, rel=0.05)
+    ids = np.array([[1, 2, 3, 128256, 5]])
+    pv = np.random.default_rng(0).normal(size=(1, 1, 4, 3, 28, 28)).astype(np.float32)
+    logits = m(input_ids=ids, pixel_values=pv, aspect_ratio_ids=np.array([[6]]),
+               aspect_ratio_mask=np.ones((1, 1, 4), np.int64), cross_attention_mask=np.ones((1, 5, 1, 4), np.int64))
+    assert logits.shape == (1, 5, cfg.text.vocab_size) and np.isfinite(np.asarray(logits)).all()
