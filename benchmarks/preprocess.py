@@ -2,12 +2,15 @@
 
 A batch of photo-sized images of mixed sizes (decoded PIL RGB images, one image per sample) goes through the released
 configuration (560 px tiles, at most 4). Both produce `pixel_values [B, 1, 4, 3, 560, 560]`; the outputs are checked
-to be identical before timing. Prints images/second and the ratio to transformers.
+to be identical before timing. Prints, per implementation, images/second (best wall time), process CPU time per image
+(median; threads add up) and both ratios to transformers. On a busy machine trust the CPU column for one thread.
 
-    python benchmarks/preprocess.py                      # 32 images, best of 3 runs, ours with 1 and 2 threads
+    python benchmarks/preprocess.py                      # 32 images, 3 rounds, ours with 1 and 2 threads
     python benchmarks/preprocess.py --images 64 --workers 1,2,4 --repeats 5
 """
 import argparse
+import functools
+import os
 import statistics
 import tempfile
 import time
@@ -35,20 +38,23 @@ def photos(count: int, seed: int = 0) -> list[PIL.Image.Image]:
     return images
 
 
-def timed(function, repeats: int) -> list[float]:
-    """Wall-clock seconds of `repeats` calls (the results are dropped at once to keep memory flat)."""
-    seconds = []
+def measure(runs: dict, repeats: int) -> dict:
+    """Wall and process-CPU seconds of each function over `repeats` rounds, interleaved round by round so that every
+    implementation meets the same background load (results are dropped at once to keep memory flat)."""
+    times = {label: {"wall": [], "cpu": []} for label in runs}
     for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        seconds.append(time.perf_counter() - start)
-    return seconds
+        for label, function in runs.items():
+            wall, cpu = time.perf_counter(), time.process_time()
+            function()
+            times[label]["wall"].append(time.perf_counter() - wall)
+            times[label]["cpu"].append(time.process_time() - cpu)
+    return times
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=32, help="images in the batch")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per implementation (best is reported)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed rounds per implementation")
     parser.add_argument("--workers", default="1,2", help="comma-separated thread counts for ours")
     args = parser.parse_args()
 
@@ -63,20 +69,21 @@ def main():
                     for key in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"))
     del check_ours, check_theirs
 
-    rows = [("transformers 4.54.1 MllamaImageProcessor", timed(lambda: theirs(batch), args.repeats))]
+    runs = {"transformers 4.54.1 MllamaImageProcessor": lambda: theirs(batch)}
     for workers in (int(w) for w in args.workers.split(",")):
         label = f"llavao1_jax ImageProcessor, {workers} thread{'s' if workers > 1 else ''}"
-        rows.append((label, timed(lambda: ours(batch, num_workers=workers), args.repeats)))
+        runs[label] = functools.partial(ours, batch, num_workers=workers)
+    times = measure(runs, args.repeats)
 
-    reference = min(rows[0][1])
     sizes = ", ".join(f"{width}x{height}" for height, width in PHOTO_SIZES)
-    print(f"{args.images} images cycling through {sizes} (WxH); 560 px tiles, max 4; best of {args.repeats} runs; "
-          f"outputs identical: {identical}")
-    print(f"{'implementation':<46}{'images/s':>10}{'ms/image':>10}{'median s':>10}{'vs transformers':>17}")
-    for label, seconds in rows:
-        best = min(seconds)
-        print(f"{label:<46}{args.images / best:>10.1f}{1000 * best / args.images:>10.1f}"
-              f"{statistics.median(seconds):>10.2f}{reference / best:>16.2f}x")
+    print(f"{args.images} images cycling through {sizes} (WxH); 560 px tiles, max 4; {args.repeats} interleaved "
+          f"rounds; outputs identical: {identical}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    reference = times[next(iter(runs))]
+    print(f"{'implementation':<44}{'images/s':>9}{'ms/image':>9}{'CPU ms/image':>13}{'speed-up':>9}{'CPU ratio':>10}")
+    for label, seconds in times.items():
+        wall, cpu = min(seconds["wall"]), statistics.median(seconds["cpu"])
+        print(f"{label:<44}{args.images / wall:>9.1f}{1000 * wall / args.images:>9.1f}{1000 * cpu / args.images:>13.1f}"
+              f"{min(reference['wall']) / wall:>8.2f}x{statistics.median(reference['cpu']) / cpu:>9.2f}x")
 
 
 if __name__ == "__main__":
