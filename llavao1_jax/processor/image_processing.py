@@ -208,7 +208,8 @@ class ImageProcessor:
         tile, (high, wide) = self.tile_size, grid
         canvas = np.zeros((high * tile, wide * tile, 3), dtype=np.uint8)
         canvas[: pixels.shape[0], : pixels.shape[1]] = pixels
-        # One lookup per tile and channel: `np.take` is fastest writing whole contiguous planes.
+        # One lookup per tile and channel: `np.take` is fastest writing whole contiguous planes, and mode="clip" skips
+        # the bounds check (uint8 levels always index the 256-entry table).
         for row in range(high):
             for column in range(wide):
                 block = canvas[row * tile : (row + 1) * tile, column * tile : (column + 1) * tile]
@@ -240,10 +241,12 @@ class ImageProcessor:
         return {"aspect_ratio_ids": ids, "aspect_ratio_mask": mask, "num_tiles": num_tiles}
 
     def _empty_batch(self, num_samples: int, max_images: int) -> np.ndarray:
+        """Zero `pixel_values` for a batch; padding tiles and images stay exactly 0."""
         tile = self.tile_size
         return np.zeros((num_samples, max_images, self.max_image_tiles, 3, tile, tile), dtype=np.float32)
 
     def _max_images(self, counts: list[int], max_images: int | None) -> int:
+        """Length of the image axis for samples with `counts` images: `max_images`, or the largest count."""
         if not any(counts):
             raise ValueError("no images given")
         if max_images is None:
@@ -262,8 +265,6 @@ class ImageProcessor:
         Returns:
           dict with `pixel_values`, `aspect_ratio_ids`, `aspect_ratio_mask` (numpy) and `num_tiles` (list of lists).
         """
-        if not samples:
-            raise ValueError("pack needs at least one sample")
         max_images = self._max_images([len(sample) for sample in samples], max_images)
         pixel_values = self._empty_batch(len(samples), max_images)
         for row, sample in enumerate(samples):
@@ -301,8 +302,10 @@ class ImageProcessor:
             row, column = slot
             try:
                 pixels, grid = self._fitted(samples[row][column])
-            except (ValueError, FileNotFoundError) as error:
-                raise type(error)(f"sample {row}, image {column}: {error}") from None
+            except FileNotFoundError as error:
+                raise FileNotFoundError(f"sample {row}, image {column}: {error}") from None
+            except ValueError as error:
+                raise ValueError(f"sample {row}, image {column}: {error}") from None
             self._write_tiles(pixels, grid, pixel_values[row, column])
             return grid
 
