@@ -91,9 +91,11 @@ def init_model(config: MllamaConfig, seed: int = 0, *, mesh: Optional[Mesh] = No
                rules=DEFAULT_RULES) -> Mllama:
     """A randomly initialised model, created by one jitted function straight into its shards when `mesh` is given
     (no unsharded copy anywhere)."""
-    graphdef, abstract_state = nnx.split(nnx.eval_shape(lambda: Mllama(config, rngs=nnx.Rngs(seed))))
+    # The RBG generator compiles about twice as fast as threefry on CPU, and init quality does not depend on it.
+    make = lambda: Mllama(config, rngs=nnx.Rngs(params=jax.random.key(seed, impl="rbg")))
+    graphdef, abstract_state = nnx.split(nnx.eval_shape(make))
     out_shardings = state_shardings(abstract_state, mesh, rules) if mesh is not None else None
-    state = jax.jit(lambda: nnx.state(Mllama(config, rngs=nnx.Rngs(seed))), out_shardings=out_shardings)()
+    state = jax.jit(lambda: nnx.state(make()), out_shardings=out_shardings)()
     return nnx.merge(graphdef, state)
 
 

@@ -1,0 +1,27 @@
+"""Helpers for the ml_collections configs in configs/ (big_vision style `get_config(arg)`)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses a config argument 'key=value,key=value' over `defaults`; values take the type of their default."""
+    out = ml_collections.ConfigDict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(f"bad config argument {item!r}: expected key=value with key in {sorted(defaults)}")
+        kind = type(defaults[key])
+        out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+    return out
+
+
+def write_config(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
+    """Writes the resolved config to `workdir/config.json` (every run records what it ran)."""
+    path = Path(workdir) / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    return path
