@@ -122,7 +122,8 @@ class MllamaConfig:
 
     dtype: activation/compute dtype; param_dtype: storage dtype of the parameters;
     remat: activation checkpointing policy for scanned layers ("none", "full" = save nothing,
-    "dots" = save matmul outputs without batch dims); meta_cross_attention_row_mask: also zero the cross-attention
+    "dots" = save matmul outputs without batch dims); attention_impl: "xla" (exact, any device) or "cudnn" (fused
+    flash attention on NVIDIA GPUs, bf16/fp16); meta_cross_attention_row_mask: also zero the cross-attention
     output of text rows that see no image (Meta's reference) instead of only the MLP branch (transformers).
     """
 
@@ -132,7 +133,14 @@ class MllamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    attention_impl: str = "xla"
     meta_cross_attention_row_mask: bool = False
+
+    def __post_init__(self):
+        if self.attention_impl not in ("xla", "cudnn"):
+            raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
+        if self.remat not in ("none", "full", "dots"):
+            raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
 
     def replace(self, **changes) -> "MllamaConfig":
         return dataclasses.replace(self, **changes)

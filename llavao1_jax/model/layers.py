@@ -93,21 +93,16 @@ def mask_value(dtype=jnp.float32) -> float:
     return float(jnp.finfo(dtype).min)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array]) -> jax.Array:
-    """Scaled dot-product attention with grouped K/V heads, softmax in float32.
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array], implementation: str = "xla"):
+    """Scaled dot-product attention with grouped K/V heads and an additive bias, softmax in float32.
 
-    q: [B, Sq, H, D]; k, v: [B, Sk, KV, D] with H a multiple of KV; bias: additive, broadcastable to
-    [B, KV, H // KV, Sq, Sk] (0 = attend, finfo.min = blocked). Returns [B, Sq, H, D].
+    q: [B, Sq, H, D]; k, v: [B, Sk, KV, D] with H a multiple of KV; bias: broadcastable to [B, H, Sq, Sk]
+    (0 = attend, finfo.min = blocked). "xla" computes scores, then softmax, exactly as transformers' eager path;
+    "cudnn" is the fused flash kernel on NVIDIA GPUs (bf16/fp16). Returns [B, Sq, H, D].
     """
-    b, sq, h, d = q.shape
-    kv = k.shape[2]
-    q = q.reshape(b, sq, kv, h // kv, d)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * (d ** -0.5)
     if bias is not None:
-        scores = scores + bias
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-    return out.reshape(b, sq, h, d)
+        bias = bias.astype(q.dtype if implementation == "cudnn" else jnp.float32)
+    return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=implementation)
 
 
 def rope_inv_freq(head_dim: int, theta: float, rope_type: str, factor: float, low_freq_factor: float,

@@ -31,11 +31,11 @@ class Mllama(nnx.Module):
         self.config = config
         dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self.vision_model = VisionEncoder(config.vision, remat=config.remat, **kw)
+        self.vision_model = VisionEncoder(config.vision, remat=config.remat, attention_impl=config.attention_impl, **kw)
         self.multi_modal_projector = Linear(config.vision.vision_output_dim, config.text.hidden_size,
                                             ("vision_out", "embed"), bias=True, **kw)
         self.language_model = TextDecoder(config.text, meta_row_mask=config.meta_cross_attention_row_mask,
-                                          remat=config.remat, **kw)
+                                          attention_impl=config.attention_impl, remat=config.remat, **kw)
 
     # ------------------------------------------------------------------------------------- traceable pieces
     def encode_images(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> jax.Array:

@@ -34,7 +34,7 @@ class KVCache(NamedTuple):
 class CrossInputs(NamedTuple):
     """What cross-attention layers see: image features (prefill/training) or cached K/V (decoding), plus masks.
 
-    bias: additive [B, 1, 1, S, vision_tokens]; row_mask: [B, S, 1], 0 for text rows that see no image.
+    bias: additive [B, 1, S, vision_tokens]; row_mask: [B, S, 1], 0 for text rows that see no image.
     """
 
     bias: jax.Array
@@ -61,7 +61,7 @@ class MLP(nnx.Module):
 class AttentionProjections(nnx.Module):
     """q/k/v/o projections with grouped K/V heads."""
 
-    def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, attention_impl: str, *, param_dtype, dtype, rngs: nnx.Rngs):
         d, kvd = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
         lin = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.q_proj = Linear(d, d, ("embed", "heads"), **lin)
@@ -69,6 +69,7 @@ class AttentionProjections(nnx.Module):
         self.v_proj = Linear(d, kvd, ("embed", "kv_heads"), **lin)
         self.o_proj = Linear(d, d, ("heads", "embed"), **lin)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.attention_impl = attention_impl
 
     def query(self, x):
         return self.q_proj(x).reshape(*x.shape[:2], self.num_heads, self.head_dim)
@@ -77,6 +78,9 @@ class AttentionProjections(nnx.Module):
         shape = (*x.shape[:2], self.num_kv_heads, self.head_dim)
         return self.k_proj(x).reshape(shape), self.v_proj(x).reshape(shape)
 
+    def attend(self, q, k, v, bias):
+        return attention(q, k.astype(q.dtype), v.astype(q.dtype), bias, self.attention_impl)
+
     def output(self, a):
         return self.o_proj(a.reshape(*a.shape[:2], -1))
 
@@ -84,15 +88,15 @@ class AttentionProjections(nnx.Module):
 class SelfAttentionLayer(nnx.Module):
     """Llama block: RMSNorm -> GQA attention with RoPE -> residual -> RMSNorm -> gated MLP -> residual."""
 
-    def __init__(self, cfg: TextConfig, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, attention_impl: str, *, param_dtype, dtype, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", **kw)
-        self.self_attn = AttentionProjections(cfg, dtype=dtype, **kw)
+        self.self_attn = AttentionProjections(cfg, attention_impl, dtype=dtype, **kw)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", **kw)
         self.mlp = MLP(cfg, dtype=dtype, **kw)
 
     def __call__(self, x, cos, sin, bias, cache_kv=None, cache_index=None):
-        """x [B, S, D]; bias additive [B, 1, 1, S, keys]. With `cache_kv` ([B, L, KV, hd] each) the new K/V are
+        """x [B, S, D]; bias additive [B, 1, S, keys]. With `cache_kv` ([B, L, KV, hd] each) the new K/V are
         written at `cache_index` and attention runs over the whole cache. Returns (x, (k, v))."""
         h = self.input_layernorm(x)
         q = apply_rope(self.self_attn.query(h), cos, sin)
@@ -101,18 +105,18 @@ class SelfAttentionLayer(nnx.Module):
         if cache_kv is not None:
             k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype), cache_index, axis=1)
-        a = attention(q, k.astype(q.dtype), v.astype(q.dtype), bias)
-        x = x + self.self_attn.output(a)
+        x = x + self.self_attn.output(self.self_attn.attend(q, k, v, bias))
         return x + self.mlp(self.post_attention_layernorm(x)), (k, v)
 
 
 class CrossAttentionLayer(nnx.Module):
     """Gated cross-attention block over image features (no RoPE, RMSNorm on q and k heads)."""
 
-    def __init__(self, cfg: TextConfig, meta_row_mask: bool, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, meta_row_mask: bool, attention_impl: str, *, param_dtype, dtype,
+                 rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", **kw)
-        self.cross_attn = AttentionProjections(cfg, dtype=dtype, **kw)
+        self.cross_attn = AttentionProjections(cfg, attention_impl, dtype=dtype, **kw)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, "head_dim", **kw)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, "head_dim", **kw)
         self.cross_attn_attn_gate = param(rngs, (1,), (None,), param_dtype, "zeros")
@@ -129,7 +133,7 @@ class CrossAttentionLayer(nnx.Module):
     def __call__(self, x, k, v, bias, row_mask):
         h = self.input_layernorm(x)
         q = self.q_norm(self.cross_attn.query(h))
-        a = attention(q, k.astype(q.dtype), v.astype(q.dtype), bias)
+        a = self.cross_attn.attend(q, k, v, bias)
         if self.meta_row_mask:
             a = a * row_mask[..., None].astype(a.dtype)
         x = x + jnp.tanh(self.cross_attn_attn_gate[...]).astype(x.dtype) * self.cross_attn.output(a)
@@ -161,11 +165,11 @@ def block_runs(cfg: TextConfig) -> list[tuple[str, int]]:
 
 
 def causal_bias(query_slots: jax.Array, key_valid: jax.Array) -> jax.Array:
-    """Additive self-attention bias [B, 1, 1, Sq, Sk]: key slot t is visible from query slot s iff t <= s and the key
+    """Additive self-attention bias [B, 1, Sq, Sk]: key slot t is visible from query slot s iff t <= s and the key
     is valid (not padding, already written). query_slots [Sq], key_valid [B, Sk] bool."""
     causal = jnp.arange(key_valid.shape[1])[None, :] <= query_slots[:, None]
     allowed = causal[None] & key_valid.astype(bool)[:, None, :]
-    return jnp.where(allowed, 0.0, mask_value()).astype(jnp.float32)[:, None, None]
+    return jnp.where(allowed, 0.0, mask_value()).astype(jnp.float32)[:, None]
 
 
 def cross_inputs(cross_attention_mask: jax.Array, num_patches: int, meta_row_mask: bool = False) -> CrossInputs:
@@ -179,23 +183,24 @@ def cross_inputs(cross_attention_mask: jax.Array, num_patches: int, meta_row_mas
     row_any = m.any(axis=(2, 3))
     allowed = m | ~row_any[:, :, None, None]
     bias = jnp.where(allowed, 0.0, mask_value()).astype(jnp.float32)
-    bias = jnp.broadcast_to(bias[..., None], (b, s, i, t, num_patches)).reshape(b, 1, 1, s, i * t * num_patches)
+    bias = jnp.broadcast_to(bias[..., None], (b, s, i, t, num_patches)).reshape(b, 1, s, i * t * num_patches)
     return CrossInputs(bias=bias, row_mask=row_any[..., None].astype(jnp.float32))
 
 
 class TextDecoder(nnx.Module):
     """Token embeddings, the scanned self/cross layer blocks, final RMSNorm and the LM head."""
 
-    def __init__(self, cfg: TextConfig, *, meta_row_mask: bool = False, param_dtype, dtype, remat: str = "none",
-                 rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, *, meta_row_mask: bool = False, attention_impl: str = "xla", param_dtype,
+                 dtype, remat: str = "none", rngs: nnx.Rngs):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
         kw = dict(param_dtype=param_dtype, dtype=dtype)
         # 8 extra rows: <|image|> (= vocab_size) and 7 more learnable embeddings from Meta's checkpoint.
         self.embed_tokens = param(rngs, (cfg.vocab_size + 8, cfg.hidden_size), ("vocab", "embed"), param_dtype)
-        self.self_layers = stack_layers(lambda r: SelfAttentionLayer(cfg, rngs=r, **kw), cfg.num_self_layers, rngs)
-        self.cross_layers = (stack_layers(lambda r: CrossAttentionLayer(cfg, meta_row_mask, rngs=r, **kw),
+        self.self_layers = stack_layers(lambda r: SelfAttentionLayer(cfg, attention_impl, rngs=r, **kw),
+                                        cfg.num_self_layers, rngs)
+        self.cross_layers = (stack_layers(lambda r: CrossAttentionLayer(cfg, meta_row_mask, attention_impl, rngs=r, **kw),
                                           cfg.num_cross_layers, rngs) if cfg.num_cross_layers else None)
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", param_dtype=param_dtype, rngs=rngs)
         self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), param_dtype=param_dtype,
