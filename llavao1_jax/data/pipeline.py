@@ -87,7 +87,8 @@ def encode_conversation(processor, messages: list[dict]) -> tuple[np.ndarray, np
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        prompt, upto_turn = render(index, generation_prompt=True), render(index + 1)
+        prompt = render(index, generation_prompt=True)
+        upto_turn = text if index + 1 == len(messages) else render(index + 1)
         if not (text.startswith(upto_turn) and upto_turn.startswith(prompt)):
             raise ValueError(f"chat template output is not incremental at message {index}; cannot locate the answer")
         trained = (token_starts >= len(prompt)) & (token_starts < len(upto_turn))
