@@ -121,6 +121,11 @@ def test_cli(llava_copy, tmp_path, capsys):
                str(tmp_path / "c")]
     assert build.main(missing) == 1
     assert "image root is not a directory" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text("{not json\n")
+    nothing_valid = ["llava_cot_100k", "--jsonl", str(tmp_path / "bad.jsonl"), "--image-root", str(images),
+                     "--data-dir", str(tmp_path / "d")]
+    assert build.main(nothing_valid) == 1
+    assert "no valid records" in capsys.readouterr().err
 
     synthetic = ["synthetic_reasoning", "--num-train", "12", "--num-test", "4", "--seed", "3", "--data-dir",
                  str(tmp_path / "s")]

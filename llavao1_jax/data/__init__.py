@@ -1,6 +1,13 @@
 """Data: TFDS builders (LLaVA-CoT-100k from a local copy, the synthetic reasoning set) and the SFT input pipeline.
 
-Build with `python -m llavao1_jax.data.build ...`; datasets are ArrayRecord, read back with `tfds.data_source` (no
-TensorFlow needed). Importing this package registers both builders with TFDS.
+* `build` (also `python -m llavao1_jax.data.build ...`): `build_llava_cot_100k`, `build_synthetic_reasoning`; datasets
+  are ArrayRecord, read back with `tfds.data_source` (no TensorFlow needed).
+* `pipeline`: `host_source`, `sft_dataset`, `SFTIterator` (Grain; batches with assistant-only `labels`), `to_messages`,
+  `encode_conversation`, `IGNORE_INDEX`.
+* `synthetic_reasoning`: `make_problem`, `draw_scene`, `make_example`, the `SyntheticReasoning` builder.
+* `llava_cot_100k`: `validate_line`, `ValidationReport`, the `LlavaCot100k` builder.
+* `formats`: `parse_stages`, `render_answer`, `convert_answer` (tagged / untagged / direct answers).
+
+Importing this package registers both builders with TFDS.
 """
 from llavao1_jax.data import llava_cot_100k, synthetic_reasoning  # noqa: F401  (registers the builders)

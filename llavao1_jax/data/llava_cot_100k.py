@@ -217,6 +217,9 @@ class LlavaCot100k(tfds.core.GeneratorBasedBuilder):
                 elif result is not None:
                     self.report.kept += 1
                     yield lineno, result  # the line number is a unique key even if ids repeat
+        if not self.report.kept:
+            raise ValueError(f"{jsonl}: no valid records ({self.report.skipped} skipped: "
+                             f"{dict(self.report.by_reason)})")
         self.info.metadata["validation"] = self.report.to_dict()
 
 

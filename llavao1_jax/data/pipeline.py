@@ -37,7 +37,6 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from llavao1_jax.data import formats, records
-from llavao1_jax.data import llava_cot_100k, synthetic_reasoning  # noqa: F401  (registers the builders with TFDS)
 
 IGNORE_INDEX = -100
 DEFAULT_BUCKETS = (256, 512, 1024, 2048, 4096)
