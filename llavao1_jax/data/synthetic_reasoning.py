@@ -116,6 +116,16 @@ def _random_category(rng, kind: str | None = None) -> Category:
     return Category(kind, str(rng.choice(list(COLORS) if kind == "color" else SHAPES)))
 
 
+def _two_categories(rng) -> tuple[Category, Category]:
+    """Two different categories of the same kind (two colours or two shapes), so no object is in both."""
+    kind = str(rng.choice(["color", "shape"]))
+    first = _random_category(rng, kind)
+    second = _random_category(rng, kind)
+    while second == first:
+        second = _random_category(rng, kind)
+    return first, second
+
+
 def _random_object(rng, exclude: tuple[Category, ...] = ()) -> tuple[str, str]:
     """A (shape, color) pair that belongs to none of `exclude`."""
     while True:
@@ -177,11 +187,7 @@ def _count(rng, multiple_choice: bool):
 
 
 def _compare(rng):
-    kind = str(rng.choice(["color", "shape"]))
-    first = _random_category(rng, kind)
-    second = _random_category(rng, kind)
-    while second == first:
-        second = _random_category(rng, kind)
+    first, second = _two_categories(rng)
     more = bool(rng.integers(2))
     pairs = [(a, b) for a in range(MAX_COUNT + 1) for b in range(MAX_COUNT + 1) if a + b <= 5 and (a > b) == more]
     a, b = pairs[int(rng.integers(len(pairs)))]
@@ -207,11 +213,7 @@ def _arithmetic(rng):
                 f"I will count all the shapes and the {category.plural}, then subtract.",
                 (f"There are {len(objects)} shapes in total.", _listing(category, objects),
                  f"{len(objects)} - {removed} = {result}."))
-    kind = str(rng.choice(["color", "shape"]))
-    first = _random_category(rng, kind)
-    second = _random_category(rng, kind)
-    while second == first:
-        second = _random_category(rng, kind)
+    first, second = _two_categories(rng)
     a = int(rng.integers(0, result + 1))
     objects = _scene(rng, {first: a, second: result - a})
     return (objects, f"How many {first.plural} and {second.plural} are there in total? {_OPEN_SUFFIX}", (),
