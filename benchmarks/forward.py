@@ -57,10 +57,11 @@ def main():
     parser.add_argument("--text-tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--attention", default="xla", choices=["xla", "cudnn"], help="attention_impl of our model")
     parser.add_argument("--skip-reference", action="store_true", help="time llavao1_jax alone (e.g. the 11B preset)")
     args = parser.parse_args()
 
-    cfg = preset(args.preset, dtype=args.dtype, param_dtype=args.dtype)
+    cfg = preset(args.preset, dtype=args.dtype, param_dtype=args.dtype, attention_impl=args.attention)
     ours = with_open_gates(lj.init_model(cfg, seed=0))
     params = sum(x.size for x in jax.tree.leaves(nnx.state(ours, nnx.Param)))
     inputs = make_inputs(cfg, args.batch, args.text_tokens)
@@ -74,7 +75,7 @@ def main():
     rel_diff = {} if args.skip_reference else time_transformers(ours, inputs, ours_logits, args, rows)
 
     print(f"\nprefill, preset={args.preset} ({params / 1e6:.0f}M params), batch={args.batch}, one 4-tile "
-          f"{cfg.vision.image_size}px image, {args.text_tokens} text tokens, {args.dtype}, "
+          f"{cfg.vision.image_size}px image, {args.text_tokens} text tokens, {args.dtype}, {args.attention} attention, "
           f"{jax.devices()[0].device_kind}")
     print(f"{'implementation':<24}{'median ms':>12}{'vs ours':>10}")
     for name, s in rows:
