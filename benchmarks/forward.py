@@ -45,8 +45,9 @@ def make_inputs(cfg, batch: int, text_tokens: int, seed: int = 0) -> dict:
 def with_open_gates(model: lj.Mllama, value: float = 0.5) -> lj.Mllama:
     """Random init zeroes the gates; open them so that the image really flows through both models."""
     graphdef, state = nnx.split(model)
-    state = jax.tree_util.tree_map_with_path(
-        lambda path, x: x + value if "gate" in jax.tree_util.keystr(path) else x, state)
+    gates = ("gate", "gate_attn", "gate_ffn", "cross_attn_attn_gate", "cross_attn_mlp_gate")
+    is_gate = lambda path: any(getattr(k, "key", None) in gates for k in path)
+    state = jax.tree_util.tree_map_with_path(lambda path, x: x + value if is_gate(path) else x, state)
     return nnx.merge(graphdef, state)
 
 
