@@ -1,0 +1,251 @@
+"""Host-side entry points: validate inputs, bucket shapes, call the jitted engine, return numpy results.
+
+`generate` is the one-call API. Searches use the pieces: `prefill` a batch of prompts once, `fork` each prefix into
+candidates (state.py), `decode` them with stop strings, keep rows with `select_rows` or teacher-force a chosen
+continuation / a judge prompt with `append_tokens`, and `decode` again from there.
+
+Shapes are bucketed so that calls of similar sizes share compilations: prompt lengths by `bucket_length`, cache
+room and output buffers to multiples of 64, stop-string tables to powers of two.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from llavao1_jax.inference import engine, unrolled
+from llavao1_jax.inference.stop_strings import for_tokenizer, initial_state
+from llavao1_jax.inference.sampling import SamplingConfig
+from llavao1_jax.inference.state import FINISH_REASONS, RUNNING, DecodeState, Generation, row_keys
+from llavao1_jax.model.mllama import INPUT_NAMES, validate_inputs
+
+ROOM_MULTIPLE = 64
+PROMPT_INPUTS = tuple(n for n in INPUT_NAMES if n != "position_ids")
+
+
+def bucket_length(n: int) -> int:
+    """The padded length for n tokens: the next power of two up to 32, then steps of a quarter of the enclosing
+    power of two (at most 25% padding beyond 32, four shapes per doubling)."""
+    if n <= 32:
+        return 1 << (n - 1).bit_length()
+    step = (1 << (n - 1).bit_length()) // 4
+    return -(-n // step) * step
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _per_row(name: str, value, batch: int) -> np.ndarray:
+    values = np.broadcast_to(np.asarray(value), (batch,)) if np.ndim(value) == 0 else np.asarray(value)
+    if values.shape != (batch,) or not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name} must be an int or one int per row ({batch}), got {value!r}")
+    return values.astype(np.int32)
+
+
+# ----------------------------------------------------------------------------------------------------- prefill
+def prompt_inputs(config, batch: dict) -> dict:
+    """Validated model inputs from a processor dict, left-padded to `bucket_length` of the prompt length."""
+    if not isinstance(batch, dict) and not hasattr(batch, "keys"):
+        raise ValueError(f"batch must be a dict of arrays (the processor's output), got {type(batch).__name__}")
+    if "position_ids" in batch:
+        raise ValueError("position_ids are computed from attention_mask (cumsum - 1); do not pass them")
+    unknown = sorted(set(batch.keys()) - set(PROMPT_INPUTS))
+    if unknown:
+        raise ValueError(f"unexpected inputs {unknown}; expected some of {list(PROMPT_INPUTS)}")
+    inputs = {k: np.asarray(v) for k, v in batch.items() if v is not None}
+    if "input_ids" not in inputs or inputs["input_ids"].ndim != 2:
+        raise ValueError("input_ids [batch, seq] is required")
+    b, s = inputs["input_ids"].shape
+    mask = inputs.setdefault("attention_mask", np.ones((b, s), np.int32))
+    if mask.shape == (b, s) and not mask.astype(bool).any(axis=1).all():
+        raise ValueError(f"rows {np.flatnonzero(~mask.astype(bool).any(axis=1)).tolist()} have no tokens "
+                         "(attention_mask all 0)")
+    if "pixel_values" in inputs and "cross_attention_mask" not in inputs and inputs["pixel_values"].ndim == 6:
+        inputs["cross_attention_mask"] = np.ones((b, s, *inputs["pixel_values"].shape[1:3]), np.int32)
+    validate_inputs(config, inputs)  # raises on bad shapes, dtypes and ids
+    pad = bucket_length(s) - s
+    for name in ("input_ids", "attention_mask", "cross_attention_mask"):
+        if name in inputs:
+            widths = [(0, 0), (pad, 0)] + [(0, 0)] * (inputs[name].ndim - 2)
+            inputs[name] = np.pad(inputs[name], widths)
+    return validate_inputs(config, inputs)
+
+
+def prefill(model, batch: dict, *, max_new_tokens: int, seed: int = 0) -> DecodeState:
+    """Runs a batch of prompts (images and text) once and returns the state to decode from.
+
+    Args:
+      model: an `Mllama`.
+      batch: the processor's dict (input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
+        cross_attention_mask) or transformers' processor output; any padding side.
+      max_new_tokens: cache room after the prompt, for generated and appended tokens (rounded up to 64).
+      seed: per-row keys are fold_in(PRNGKey(seed), row).
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    inputs = prompt_inputs(model.config, batch)
+    b, s = inputs["input_ids"].shape
+    graph, weights = unrolled.split(model)
+    return engine.prefill(graph, weights, inputs, row_keys(seed, b), s + _round_up(max_new_tokens, ROOM_MULTIPLE))
+
+
+def append_tokens(model, state: DecodeState, tokens, mask=None) -> DecodeState:
+    """Teacher forcing: feeds `tokens` [B, S] (e.g. a chosen continuation, a judge prompt) after each row's prefix.
+
+    mask [B, S] (default all 1) marks the real tokens, so rows may append different lengths (pad anywhere). The
+    next-token logits become those after each row's last real token. `state` is consumed (its buffers are donated);
+    copy rows first with `select_rows`/`fork` to keep it.
+    """
+    tokens = np.asarray(tokens)
+    if tokens.ndim != 2 or tokens.shape[0] != state.batch_size or not np.issubdtype(tokens.dtype, np.integer):
+        raise ValueError(f"tokens must be integer [batch={state.batch_size}, seq], got {tokens.dtype} {tokens.shape}")
+    mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask).astype(bool)
+    if mask.shape != tokens.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from tokens shape {tokens.shape}")
+    rows = model.config.text.vocab_size + 8
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= rows):
+        raise ValueError(f"token ids must lie in [0, {rows}), got {tokens.min()}..{tokens.max()}")
+    pad = bucket_length(tokens.shape[1]) - tokens.shape[1]
+    tokens, mask = np.pad(tokens, [(0, 0), (0, pad)]), np.pad(mask, [(0, 0), (0, pad)])
+    room = state.max_length - int(state.index)
+    if tokens.shape[1] > room:
+        raise ValueError(f"the cache has room for {room} more slots, appending needs {tokens.shape[1]} "
+                         f"({tokens.shape[1] - pad} padded to {tokens.shape[1]}); prefill with a larger max_new_tokens")
+    graph, weights = unrolled.split(model)
+    return engine.append(graph, weights, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask))
+
+
+# ------------------------------------------------------------------------------------------------------ decode
+@dataclasses.dataclass
+class GenerationResult:
+    """What a generation produced (numpy, on the host).
+
+    tokens: [B, T] int32 with T = max_new_tokens; row b's tokens are tokens[b, :lengths[b]] (the stop token, if
+      one ended the row, included), zeros after.
+    lengths: [B] int32.
+    finish_reason: per row "stop_token", "stop_string", "length" (budget or cache full) or "running" (stopped after
+      `Decoder.run(max_steps)` before the end).
+    logprobs: [B, T] float32, log-probability of each chosen token under the model's distribution at temperature 1
+      without top-k/top-p filtering; 0 after lengths.
+    texts: the decoded rows (special tokens skipped) when a processor or tokenizer was given, else None.
+    """
+
+    tokens: np.ndarray
+    lengths: np.ndarray
+    finish_reason: list[str]
+    logprobs: np.ndarray
+    texts: Optional[list[str]] = None
+
+    def sequences(self) -> list[list[int]]:
+        """Each row's tokens as a list."""
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]
+
+
+def make_stopping(model, stop_token_ids, strings: Sequence[str], tokenizer, min_new_tokens: int):
+    """Device stop criteria: stop_token_ids None -> the config's eos ids, () -> none."""
+    text = model.config.text
+    ids = tuple(text.eos_token_id) if stop_token_ids is None else tuple(int(i) for i in stop_token_ids)
+    bad = [i for i in ids if not 0 <= i < text.vocab_size]
+    if bad:
+        raise ValueError(f"stop_token_ids {bad} outside the vocabulary [0, {text.vocab_size})")
+    if isinstance(strings, str):
+        strings = (strings,)
+    if strings and tokenizer is None:
+        raise ValueError("stop_strings need the tokenizer: pass processor=")
+    if min_new_tokens < 0:
+        raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
+    tables = for_tokenizer(tokenizer, text.vocab_size, tuple(strings))
+    padded = ids + (text.vocab_size,) * (_round_up(len(ids), 8) - len(ids))  # never sampled: one shape for <= 8 ids
+    return engine.Stopping(jnp.asarray(padded, jnp.int32).reshape(-1), tables, jnp.asarray(min_new_tokens, jnp.int32))
+
+
+class Decoder:
+    """One generation in progress from a `DecodeState`: `run()` to the end, or `run(k)` repeatedly to stream.
+
+    The state is consumed (donated to the first run); `Decoder.state` is the state after what ran, a prefix that
+    includes each row's generated tokens (its stop token too) and can be decoded from again.
+    """
+
+    def __init__(self, model, state: DecodeState, *, max_new_tokens: Union[int, Sequence[int]] = 256,
+                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 min_new_tokens: int = 0, stop_token_ids: Optional[Sequence[int]] = None,
+                 stop_strings: Sequence[str] = (), processor=None):
+        b = state.batch_size
+        max_new = _per_row("max_new_tokens", max_new_tokens, b)
+        if max_new.min() < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        self.sampling = SamplingConfig(do_sample, temperature, top_p, top_k)
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.stopping = make_stopping(model, stop_token_ids, stop_strings, self.tokenizer, min_new_tokens)
+        room = state.max_length - int(state.index)
+        if max_new.max() > room:
+            raise ValueError(f"max_new_tokens {int(max_new.max())} exceeds the cache's room ({room} slots); prefill "
+                             "with a larger max_new_tokens")
+        self.graph, self.weights = unrolled.split(model)
+        self.num_tokens = int(max_new.max())
+        t = _round_up(self.num_tokens, ROOM_MULTIPLE)
+        self.state = state
+        self.gen = Generation(tokens=jnp.zeros((b, t), jnp.int32), logprobs=jnp.zeros((b, t), jnp.float32),
+                              lengths=jnp.zeros(b, jnp.int32), finish=jnp.zeros(b, jnp.int32),
+                              max_new=jnp.asarray(max_new),
+                              matcher=initial_state(self.stopping.strings, b))
+
+    def run(self, max_steps: Optional[int] = None) -> bool:
+        """Runs up to `max_steps` decode steps (default: until every row finishes) in one jitted while_loop.
+        Returns True when every row has finished."""
+        steps = self.num_tokens if max_steps is None else max_steps
+        self.state, self.gen = engine.decode(self.graph, self.sampling, self.weights, self.state, self.gen,
+                                             self.stopping, jnp.asarray(steps, jnp.int32))
+        return bool(np.all(np.asarray(self.gen.finish) != RUNNING))
+
+    def result(self) -> GenerationResult:
+        """The tokens so far (copied to the host)."""
+        gen = jax.device_get(self.gen)
+        t = self.num_tokens
+        texts = None
+        if self.tokenizer is not None:
+            texts = [self.tokenizer.decode(row[:n].tolist(), skip_special_tokens=True)
+                     for row, n in zip(gen.tokens, gen.lengths)]
+        return GenerationResult(tokens=gen.tokens[:, :t], lengths=gen.lengths,
+                                finish_reason=[FINISH_REASONS[f] for f in gen.finish], logprobs=gen.logprobs[:, :t],
+                                texts=texts)
+
+
+def decode(model, state: DecodeState, **options) -> tuple[GenerationResult, DecodeState]:
+    """Generates from `state` to the end (`Decoder` options: max_new_tokens, do_sample, temperature, top_p, top_k,
+    min_new_tokens, stop_token_ids, stop_strings, processor). Returns the result and the state after it; `state` is
+    consumed."""
+    decoder = Decoder(model, state, **options)
+    decoder.run()
+    return decoder.result(), decoder.state
+
+
+def generate(model, batch: dict, *, max_new_tokens: Union[int, Sequence[int]] = 256, do_sample: bool = False,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, min_new_tokens: int = 0,
+             stop_token_ids: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), processor=None,
+             seed: int = 0) -> GenerationResult:
+    """Generates continuations of a batch of prompts.
+
+    Args:
+      model: an `Mllama` (e.g. from `lj.load_pretrained`).
+      batch: the processor's dict of arrays (or transformers' `MllamaProcessor` output); any padding side.
+      max_new_tokens: budget per row (an int or one per row).
+      do_sample, temperature, top_p, top_k: greedy when do_sample is False; else sampling with transformers'
+        temperature -> top-k -> top-p filters (top_k=0 / top_p=1 switch them off).
+      min_new_tokens: tokens generated before any stop may end a row (stop tokens are masked until then).
+      stop_token_ids: None -> the model config's eos ids; () -> none.
+      stop_strings: strings that end a row when the generated text contains them (needs `processor`).
+      processor: a `Processor` or tokenizer, for stop strings and `texts`.
+      seed: PRNG seed; row r samples with fold_in(PRNGKey(seed), r).
+
+    Returns:
+      `GenerationResult` (tokens, lengths, finish_reason, logprobs, texts).
+    """
+    state = prefill(model, batch, max_new_tokens=int(np.max(max_new_tokens)), seed=seed)
+    return decode(model, state, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
+                  top_p=top_p, top_k=top_k, min_new_tokens=min_new_tokens, stop_token_ids=stop_token_ids,
+                  stop_strings=stop_strings, processor=processor)[0]

@@ -1,0 +1,141 @@
+"""The jitted device computations of decoding: prefill, appending tokens to a cache, and the decode loop.
+
+Every function is a pure function of the model in decoding layout (`unrolled.split`: `graph` static, `weights`
+traced) and takes the
+decode state as a donated argument, so the cache is updated in place and never leaves the device. The decode loop is
+one `lax.while_loop`: it samples a token per row, records it, checks stop tokens, stop strings and budgets, feeds
+the token back (one cache slot per step), and exits as soon as every row has finished or `max_steps` steps ran.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from llavao1_jax.inference import stop_strings
+from llavao1_jax.inference.sampling import SamplingConfig, next_tokens
+from llavao1_jax.inference.sharding import constrain
+from llavao1_jax.inference.state import LENGTH, RUNNING, STOP_STRING, STOP_TOKEN, DecodeState, Generation
+from llavao1_jax.inference.unrolled import Network, init_cache
+from llavao1_jax.model.text import causal_bias
+
+
+class Stopping(NamedTuple):
+    """When rows stop (device arrays, so a change of ids or strings of the same shapes does not recompile).
+
+    token_ids: [n] int32, padded with the vocabulary size (matches nothing); strings: `stop_strings.StopStrings` tables; min_new_tokens: [] int32, the number of tokens
+    a row generates before any stop token may be chosen or any stop can end it.
+    """
+
+    token_ids: jax.Array
+    strings: stop_strings.StopStrings
+    min_new_tokens: jax.Array
+
+
+def advance(net: Network, state: DecodeState, tokens: jax.Array, valid: jax.Array, cross_rows=None,
+            image_states=None) -> DecodeState:
+    """Feeds a chunk of tokens [B, S] to the cache at slots [index, index + S) (traceable).
+
+    valid [B, S] bool marks real tokens (others take a slot that no row attends to). RoPE positions continue each
+    row's count. cross_rows [B, S, images, tiles] is the chunk's cross-attention mask (default: the state's last row
+    for every token); image_states (prefill only) are the projected image features the cross K/V are computed from.
+    Rows with no valid token keep their logits and mask row.
+    """
+    b, s = tokens.shape
+    index = state.index
+    key_valid = jax.lax.dynamic_update_slice(state.key_valid, valid, (0, index))
+    positions = jnp.maximum(state.positions[:, None] + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, 0)
+    bias = causal_bias(index + jnp.arange(s), key_valid)
+    cross = None
+    cache = state.cache
+    if cache.cross_k is not None:
+        if cross_rows is None:
+            cross_rows = jnp.broadcast_to(state.cross_mask[:, None], (b, s, *state.cross_mask.shape[1:]))
+        kv = dict(states=image_states) if image_states is not None else dict(k=cache.cross_k, v=cache.cross_v)
+        cross = net.cross_inputs(cross_rows, **kv)
+    hidden, cache = net.language_model(tokens, positions, bias, cross, cache, index)
+    last = s - 1 - jnp.argmax(valid[:, ::-1], axis=1)                      # each row's last valid token
+    hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)      # [B, 1, D]: the head runs on B rows only
+    logits = net.language_model.logits(hidden)[:, 0].astype(jnp.float32)
+    fed = valid.any(axis=1)
+    cross_mask = state.cross_mask
+    if cross_mask is not None:
+        row = jnp.take_along_axis(cross_rows, last[:, None, None, None], axis=1)[:, 0]
+        cross_mask = jnp.where(fed[:, None, None], row.astype(cross_mask.dtype), cross_mask)
+    return DecodeState(cache=cache, logits=jnp.where(fed[:, None], logits, state.logits), key_valid=key_valid,
+                       positions=state.positions + valid.sum(axis=1, dtype=jnp.int32), index=index + s,
+                       keys=state.keys, cross_mask=cross_mask)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def prefill(graph, weights, inputs: dict, keys: jax.Array, max_length: int) -> DecodeState:
+    """Runs the prompts (`inputs`: validated model inputs, attention_mask required, cross_attention_mask required with
+    images) into a new cache of `max_length` slots: vision tower and cross K/V once, all prompt tokens in one pass."""
+    net = Network(graph, weights)
+    ids, valid = inputs["input_ids"], inputs["attention_mask"].astype(bool)
+    b = ids.shape[0]
+    image_states = cross_rows = cross_mask = None
+    if "pixel_values" in inputs:
+        image_states = net.encode_images(inputs["pixel_values"], inputs["aspect_ratio_ids"],
+                                         inputs["aspect_ratio_mask"])
+        cache = init_cache(net.config, b, max_length, image_states.shape[1])
+        cross_rows = inputs["cross_attention_mask"]
+        cross_mask = jnp.zeros((b, *cross_rows.shape[2:]), jnp.int32)
+    else:
+        cache = init_cache(net.config, b, max_length)
+    empty = DecodeState(cache=cache, logits=jnp.zeros((b, net.config.text.vocab_size), jnp.float32),
+                        key_valid=jnp.zeros((b, max_length), bool), positions=jnp.zeros(b, jnp.int32),
+                        index=jnp.zeros((), jnp.int32), keys=keys, cross_mask=cross_mask)
+    return constrain(advance(net, empty, ids, valid, cross_rows, image_states))
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def append(graph, weights, state: DecodeState, tokens: jax.Array, valid: jax.Array) -> DecodeState:
+    """Teacher forcing: feeds tokens [B, S] (valid [B, S]) to the cache after what is there."""
+    return constrain(advance(Network(graph, weights), state, tokens, valid))
+
+
+def decode_step(net: Network, sampling: SamplingConfig, stopping: Stopping, state: DecodeState,
+                gen: Generation) -> tuple[DecodeState, Generation]:
+    """One token for every running row: choose, record, check stops, feed back (traceable)."""
+    b, t = gen.tokens.shape
+    running = gen.finish == RUNNING
+    ban = gen.lengths < stopping.min_new_tokens
+    step_keys = jax.vmap(jax.random.fold_in)(state.keys, state.positions)
+    tokens, logprobs = next_tokens(state.logits, step_keys, sampling, stopping.token_ids, ban)
+    tokens = jnp.where(running, tokens, 0)
+    column = jnp.where(running, gen.lengths, t)                            # out of range: dropped
+    rows = jnp.arange(b)
+    matcher, string_hit = stop_strings.step(stopping.strings, gen.matcher, tokens)
+    lengths = gen.lengths + running
+    token_hit = (tokens[:, None] == stopping.token_ids[None, :]).any(axis=1)
+    finish = jnp.select([~running, token_hit & ~ban, string_hit & ~ban, lengths >= gen.max_new],
+                        [gen.finish, STOP_TOKEN, STOP_STRING, LENGTH], RUNNING)
+    gen = Generation(tokens=gen.tokens.at[rows, column].set(tokens, mode="drop"),
+                     logprobs=gen.logprobs.at[rows, column].set(logprobs, mode="drop"),
+                     lengths=lengths, finish=finish.astype(gen.finish.dtype), max_new=gen.max_new, matcher=matcher)
+    return advance(net, state, tokens[:, None], running[:, None]), gen
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3, 4))
+def decode(graph, sampling: SamplingConfig, weights, state: DecodeState, gen: Generation, stopping: Stopping,
+           max_steps: jax.Array) -> tuple[DecodeState, Generation]:
+    """Up to `max_steps` decode steps in one while_loop, stopping early when no row is running. Rows still running
+    when the cache is full finish with reason 'length'."""
+    net = Network(graph, weights)
+
+    def cond(carry):
+        state, gen, step = carry
+        return (step < max_steps) & jnp.any(gen.finish == RUNNING) & (state.index < state.max_length)
+
+    def body(carry):
+        state, gen, step = carry
+        state, gen = decode_step(net, sampling, stopping, state, gen)
+        return constrain(state), constrain(gen), step + 1
+
+    state, gen, _ = jax.lax.while_loop(cond, body, (state, gen, jnp.zeros((), jnp.int32)))
+    full = (gen.finish == RUNNING) & (state.index >= state.max_length)
+    gen = gen._replace(finish=jnp.where(full, LENGTH, gen.finish).astype(gen.finish.dtype))
+    return constrain(state), constrain(gen)

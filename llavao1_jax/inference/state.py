@@ -1,0 +1,121 @@
+"""What decoding carries between jitted calls: the prefix state (cache and next-token logits) and the per-row outputs
+of one generation, with row operations for searches (fork, select, reseed) and logical axis names for sharding."""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from llavao1_jax.inference.unrolled import CACHE_AXES
+from llavao1_jax.model.text import KVCache
+
+FINISH_REASONS = ("running", "stop_token", "stop_string", "length")
+RUNNING, STOP_TOKEN, STOP_STRING, LENGTH = range(4)
+
+
+class DecodeState(NamedTuple):
+    """A batch of prefixes ready to continue: everything fed so far is in the cache, `logits` predict the next token.
+
+    All rows share the write slot `index` (a step writes one slot for every row; rows that are finished or skip a
+    token write a slot that stays invalid), so rows differ only in `key_valid` and `positions`.
+
+    cache: `KVCache` in decoding layout (unrolled.py): tuples of per-layer arrays, self K/V [B, max_len, KV, hd],
+      cross K/V [B, vision_tokens, KV, hd] computed once from the images (None for text-only prompts).
+    logits: [B, V] float32 next-token logits.
+    key_valid: [B, max_len] bool, the cache slots each row attends to.
+    positions: [B] int32, RoPE position of each row's next token (its number of real tokens so far).
+    index: [] int32, the next cache slot to write.
+    keys: [B, 2] uint32 per-row PRNG keys; step keys are fold_in(key, position).
+    cross_mask: [B, images, tiles] int32, the cross-attention mask row of each row's last token, reused for every
+      token that follows (transformers' behaviour); None for text-only prompts.
+    """
+
+    cache: KVCache
+    logits: jax.Array
+    key_valid: jax.Array
+    positions: jax.Array
+    index: jax.Array
+    keys: jax.Array
+    cross_mask: Optional[jax.Array]
+
+    @property
+    def batch_size(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def max_length(self) -> int:
+        return self.key_valid.shape[1]
+
+    def logical_axes(self) -> "DecodeState":
+        """Logical axis names of every array, as PartitionSpecs of logical names (see sharding.py)."""
+        return DecodeState(cache=jax.tree.map(lambda _: P(*CACHE_AXES), self.cache), logits=P("batch", None),
+                           key_valid=P("batch", "length"), positions=P("batch"), index=P(), keys=P("batch", None),
+                           cross_mask=None if self.cross_mask is None else P("batch", None, None))
+
+
+class Generation(NamedTuple):
+    """Per-row outputs of one generation, filled on the device step by step.
+
+    tokens, logprobs: [B, T]; row b's first `lengths[b]` entries are valid (then 0). logprobs are of the chosen
+      token under the model's unprocessed distribution (temperature 1, no top-k/top-p).
+    lengths: [B] int32; finish: [B] int32 index into FINISH_REASONS (0 while running).
+    max_new: [B] int32 per-row token budgets; matcher: [B, n, L] bool stop-string automaton states.
+    """
+
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    finish: jax.Array
+    max_new: jax.Array
+    matcher: jax.Array
+
+    def logical_axes(self) -> "Generation":
+        return Generation(tokens=P("batch", None), logprobs=P("batch", None), lengths=P("batch"), finish=P("batch"),
+                          max_new=P("batch"), matcher=P("batch", None, None))
+
+
+def row_keys(seed: int, batch: int) -> jax.Array:
+    """Per-row PRNG keys [batch, 2]: fold_in(PRNGKey(seed), row)."""
+    return jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(batch))
+
+
+def _take_rows(state: DecodeState, rows) -> DecodeState:
+    return jax.tree.map(lambda a: a if a.ndim == 0 else a[rows], state)  # every array but `index` is batch-major
+
+
+@jax.jit
+def select_rows(state: DecodeState, rows: jax.Array) -> DecodeState:
+    """The prefixes `state[rows]` (rows [n] int, repeats allowed), keys unchanged: e.g. keep a search's winner.
+
+    The cache rows are copied; the source state stays valid."""
+    return _take_rows(state, jnp.asarray(rows))
+
+
+def fork(state: DecodeState, n: int) -> DecodeState:
+    """Each row repeated `n` times in place ([r0 x n, r1 x n, ...]): `n` candidates per prefix that share the prompt
+    and image work already done (cache rows, cross K/V included, are copied, nothing is recomputed).
+    Copy c of a row gets the key fold_in(row key, c), so the copies sample differently."""
+    if n < 1:
+        raise ValueError(f"fork needs n >= 1, got {n}")
+    return _fork(state, n)
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _fork(state: DecodeState, n: int) -> DecodeState:
+    out = _take_rows(state, jnp.repeat(jnp.arange(state.batch_size), n))
+    copies = jnp.tile(jnp.arange(n), state.batch_size)
+    return out._replace(keys=jax.vmap(jax.random.fold_in)(out.keys, copies))
+
+
+def reseed(state: DecodeState, seed: int) -> DecodeState:
+    """The same prefixes with fresh per-row keys `row_keys(seed, B)` (e.g. a new round of samples from one prefix)."""
+    return state._replace(keys=row_keys(seed, state.batch_size))
+
+
+def cache_bytes(cache: KVCache) -> int:
+    """Bytes of a (possibly abstract, from `jax.eval_shape`) cache."""
+    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for a in jax.tree.leaves(cache))
