@@ -1,0 +1,98 @@
+"""Stop strings on token ids: the automaton against brute-force decoding, the Llama 3 vocabulary as bytes, and
+generation that stops on a string."""
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import llavao1_jax as lj
+from hf_reference import make_batch, make_hf_model
+from llavao1_jax.inference import stop_strings
+
+
+def first_match(vocab, strings, tokens):
+    """Brute force: the first step at which the decoded text contains a stop string."""
+    text = b""
+    for step, token in enumerate(tokens):
+        text += vocab[token]
+        if any(s.encode() in text for s in strings):
+            return step
+    return None
+
+
+def test_automaton_matches_brute_force():
+    rng = np.random.default_rng(0)
+    alphabet = list(b"<>/SUMARY ab\n")
+    vocab = [b""] + [bytes(rng.choice(alphabet, size=rng.integers(1, 5))) for _ in range(200)]
+    vocab += [b"</SUMMARY>", b"</", b"SUM", b"MARY>", b">\n\n", b"Y>", "é".encode()]
+    strings = ["</SUMMARY>", "MARY", "ab a", "é"]
+    tables = stop_strings.build(vocab, strings)
+    rows = rng.integers(0, len(vocab), (64, 40))
+    state = stop_strings.initial_state(tables, len(rows))
+    found = np.full(len(rows), -1)
+    for step in range(rows.shape[1]):
+        state, matched = stop_strings.step(tables, state, jnp.asarray(rows[:, step]))
+        found = np.where((found < 0) & np.asarray(matched), step, found)
+    expected = [first_match(vocab, strings, row) for row in rows]
+    assert found.tolist() == [-1 if e is None else e for e in expected]
+    assert sum(e is not None for e in expected) > 20
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from llavao1_jax.processor.tokenizer import build_tokenizer
+
+    return build_tokenizer()
+
+
+def test_llama_vocabulary_bytes_and_tokenisations(tokenizer):
+    vocab = stop_strings.vocab_bytes(tokenizer, 128256)
+    text = "Ünïcödé <SUMMARY>a plan</SUMMARY>\n\n<CAPTION> 中文 🙂"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    assert b"".join(vocab[i] for i in ids) == text.encode()
+    tables = stop_strings.build(vocab, ["</SUMMARY>"])
+    pieces = [["</SUMMARY>"], ["</", "SUM", "MARY", ">"], ["x</SUM", "MARY>\n\n"], ["</SUMMARY", ">."]]
+    for split in pieces + [["<SUMMARY>", " plan"]]:
+        ids = [i for piece in split for i in tokenizer.encode(piece, add_special_tokens=False)]
+        state = stop_strings.initial_state(tables, 1)
+        hits = []
+        for i in ids:
+            state, matched = stop_strings.step(tables, state, jnp.asarray([i]))
+            hits.append(bool(matched[0]))
+        assert any(hits) == ("</SUMMARY>" in "".join(split)), split
+        assert not any(hits[:-1]), "must fire on the token that completes the string, not before"
+
+
+class PieceTokenizer:
+    """A 99-token tokenizer for the tiny model: token i is the text 't{i};'."""
+
+    def __len__(self):
+        return 99
+
+    def convert_ids_to_tokens(self, ids):
+        return [f"t{i};" for i in ids]
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(f"t{i};" for i in ids)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf_tiny_stop")
+    make_hf_model(seed=2).save_pretrained(path, safe_serialization=True)
+    return lj.load_pretrained(path)
+
+
+def test_generation_stops_on_a_string(model):
+    batch = make_batch(np.random.default_rng(8), [[6], [2]], 9, [[1], [3]])
+    free = lj.generate(model, batch, max_new_tokens=16, min_new_tokens=16)
+    tok = PieceTokenizer()
+    row = free.tokens[0].tolist()
+    end = next(e for e in range(4, 16) if tok.decode(row[e - 2:e + 1]) not in tok.decode(row[:e]))
+    stop = tok.decode(row[end - 2:end + 1])[1:]  # "1;t2;t3;": starts inside a token
+    out = lj.generate(model, batch, max_new_tokens=16, stop_strings=[stop], processor=tok, stop_token_ids=())
+    assert out.finish_reason[0] == "stop_string" and out.lengths[0] == end + 1
+    assert out.texts[0] == tok.decode(row[:end + 1]) and out.texts[0].endswith(stop)
+    late = lj.generate(model, batch, max_new_tokens=16, stop_strings=[stop], processor=tok, stop_token_ids=(),
+                       min_new_tokens=end + 2)
+    assert late.lengths[0] > end + 1
+
