@@ -56,8 +56,9 @@ def next_tokens(logits: jax.Array, keys: jax.Array, config: SamplingConfig, bann
     log_total = top[:, 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
     processed = logits
     if banned_ids is not None and banned_ids.size:
-        blocked = jnp.where(ban[:, None], -jnp.inf, logits[:, banned_ids])
-        processed = logits.at[:, banned_ids].set(blocked, mode="drop")
+        # an elementwise mask (not a scatter into a copy of the logits) fuses into the reductions that read it
+        banned = jnp.zeros(logits.shape[-1], bool).at[banned_ids].set(True, mode="drop")
+        processed = jnp.where(ban[:, None] & banned, -jnp.inf, logits)
         top = jnp.max(processed, axis=-1, keepdims=True)
     if config.do_sample:
         tokens = jax.vmap(lambda row, key: _sample_row(row, key, config))(processed, keys)

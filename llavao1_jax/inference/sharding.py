@@ -1,7 +1,7 @@
 """Sharding constraints on the decode state from its logical axis names.
 
-`DecodeState` and `Generation` name their axes (`logical_axes()`); each layer's cache array is
-("batch", "length", "kv_heads", "head_dim"). Under an active mesh (`jax.set_mesh`), the jitted prefill, append and
+`DecodeState` and `Generation` name their axes (`logical_axes()`), the cache arrays included ("batch", "length",
+"kv_heads", "head_dim" in the order of their layout). Under an active mesh (`jax.set_mesh`), the jitted prefill, append and
 decode functions constrain their outputs and the decode loop's carry through the project's rules
 (`llavao1_jax.sharding`: rows over "data" x "fsdp", K/V heads over "tensor", indivisible dims replicated), so a cache
 stays split the same way between steps. Without a mesh nothing changes. Parameters are placed by the model's own
