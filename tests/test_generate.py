@@ -120,9 +120,13 @@ def test_fork_continues_each_prefix(ours):
     forked = inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3)
     out, _ = inference.decode(ours, forked, max_new_tokens=6, min_new_tokens=6)
     np.testing.assert_array_equal(out.tokens, np.repeat(greedy.tokens, 3, axis=0))
-    sampled, _ = inference.decode(ours, inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3),
-                                  max_new_tokens=6, do_sample=True, temperature=1.5)
+    options = dict(max_new_tokens=6, do_sample=True, temperature=1.5)
+    sampled, _ = inference.decode(ours, inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3), **options)
     assert len({tuple(row) for row in sampled.tokens}) == 6  # copies of one prefix sample differently
+    again, _ = inference.decode(ours, inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3), **options)
+    np.testing.assert_array_equal(again.tokens, sampled.tokens)
+    fresh = inference.reseed(inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3), seed=1)
+    assert (inference.decode(ours, fresh, **options)[0].tokens != sampled.tokens).any()  # a new round of samples
 
 
 def test_select_and_append_continue_a_chosen_candidate(ours):

@@ -140,10 +140,6 @@ class GenerationResult:
     logprobs: np.ndarray
     texts: Optional[list[str]] = None
 
-    def sequences(self) -> list[list[int]]:
-        """Each row's tokens as a list."""
-        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths)]
-
 
 def make_stopping(model, stop_token_ids, strings: Sequence[str], tokenizer, min_new_tokens: int):
     """Device stop criteria: stop_token_ids None -> the config's eos ids, () -> none."""

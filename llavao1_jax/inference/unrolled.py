@@ -3,7 +3,8 @@
 The model stacks the parameters of layers of one kind and scans over them (one trace whatever the depth, right for
 training). Decoding reads every weight once per token, and there the stack costs: XLA copies each layer's weights out
 of the stack before its matmuls (a dynamic or static slice is a copy on CPU), so a step moves the weights three times.
-Measured on the mid config (CPU, batch 1): 84 ms per token scanned, 7.4 ms unrolled over per-layer arrays.
+Measured per decode step of the text decoder at batch 1: mid config on CPU 84 ms scanned vs 7.4 ms unrolled over
+per-layer arrays; 11B config in bfloat16 on one H100 24.8 ms vs 9.6 ms.
 
 `split(model)` therefore unstacks the text layers once per model (a copy of their weights, cached while the model's
 parameters are unchanged) and `Network` runs them unrolled with a per-layer cache: `KVCache` whose fields are tuples
