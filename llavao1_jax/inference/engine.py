@@ -1,10 +1,10 @@
 """The jitted device computations of decoding: prefill, appending tokens to a cache, and the decode loop.
 
 Every function is a pure function of the model in decoding layout (`unrolled.split`: `graph` static, `weights`
-traced) and takes the
-decode state as a donated argument, so the cache is updated in place and never leaves the device. The decode loop is
-one `lax.while_loop`: it samples a token per row, records it, checks stop tokens, stop strings and budgets, feeds
-the token back (one cache slot per step), and exits as soon as every row has finished or `max_steps` steps ran.
+traced); append and decode take the decode state as a donated argument, so the cache is updated in place and never
+leaves the device. The decode loop is one `lax.while_loop`: it samples a token per row, records it, checks stop
+tokens, stop strings and budgets, feeds the token back (one cache slot per step), and exits as soon as every row has
+finished or `max_steps` steps ran.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from llavao1_jax.model.text import causal_bias
 class Stopping(NamedTuple):
     """When rows stop (device arrays, so a change of ids or strings of the same shapes does not recompile).
 
-    token_ids: [n] int32, padded with the vocabulary size (matches nothing); strings: `stop_strings.StopStrings` tables; min_new_tokens: [] int32, the number of tokens
-    a row generates before any stop token may be chosen or any stop can end it.
+    token_ids: [n] int32, padded with the vocabulary size (matches nothing); strings: `stop_strings.StopStrings`
+    tables; min_new_tokens: [] int32, the number of tokens a row generates before any stop token may be chosen or any
+    stop can end it.
     """
 
     token_ids: jax.Array
