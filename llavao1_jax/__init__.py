@@ -3,7 +3,7 @@
 The public names are resolved lazily so that `import llavao1_jax` stays cheap and each part
 (model, processor, data, inference) imports only what it needs.
 """
-import importlib
+from llavao1_jax.lazy import lazy_getattr
 
 _EXPORTS = {
     # model
@@ -20,8 +20,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'llavao1_jax' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

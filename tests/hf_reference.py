@@ -46,6 +46,13 @@ def make_hf_model(seed: int = 0, config: dict = HF_CONFIG):
     return model
 
 
+def saved_hf_model(directory, seed: int = 0):
+    """`make_hf_model(seed)` saved as safetensors under `directory`; returns (model, directory)."""
+    model = make_hf_model(seed)
+    model.save_pretrained(directory, safe_serialization=True)
+    return model, directory
+
+
 def make_batch(rng: np.random.Generator, aspect_ratio_ids, seq_len: int, image_positions, vocab: int = 99,
                image_size: int = 30, left_pad=None):
     """Inputs in transformers' format. aspect_ratio_ids [B][I] (0 = padding image); image_positions [B][I]: where each

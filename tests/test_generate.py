@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import llavao1_jax as lj
-from hf_reference import make_batch, make_hf_model
+from hf_reference import make_batch, saved_hf_model
 from llavao1_jax import inference
 from llavao1_jax.inference import engine
 from llavao1_jax.sharding import make_mesh
@@ -15,10 +15,7 @@ NEW = 40
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = make_hf_model(seed=1)
-    path = tmp_path_factory.mktemp("hf_tiny_generate")
-    model.save_pretrained(path, safe_serialization=True)
-    return model, path
+    return saved_hf_model(tmp_path_factory.mktemp("hf_tiny_generate"), seed=1)
 
 
 @pytest.fixture(scope="module")

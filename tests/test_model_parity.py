@@ -7,17 +7,14 @@ import pytest
 from flax import nnx
 
 import llavao1_jax as lj
-from hf_reference import HF_CONFIG, IMAGE_TOKEN, hf_logits, make_batch, make_hf_model, relative_error
+from hf_reference import HF_CONFIG, IMAGE_TOKEN, hf_logits, make_batch, saved_hf_model, relative_error
 
 TOL = 1e-5
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    model = make_hf_model()
-    path = tmp_path_factory.mktemp("hf_tiny")
-    model.save_pretrained(path, safe_serialization=True)
-    return model, path
+    return saved_hf_model(tmp_path_factory.mktemp("hf_tiny"), seed=0)
 
 
 @pytest.fixture(scope="module")

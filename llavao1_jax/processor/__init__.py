@@ -11,7 +11,7 @@ Public names are imported lazily so that the image side (numpy/PIL only) does no
 * `cross_attention_mask`, `image_spans` (masks.py); `build_tokenizer` (tokenizer.py); `CHAT_TEMPLATE`
   (chat_template.py).
 """
-import importlib
+from llavao1_jax.lazy import lazy_getattr
 
 _EXPORTS = {
     "Processor": "llavao1_jax.processor.processor",
@@ -26,8 +26,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'llavao1_jax.processor' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

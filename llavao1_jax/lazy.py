@@ -1,0 +1,13 @@
+"""Lazily resolved public names for package `__init__` modules (keeps `import llavao1_jax` cheap)."""
+import importlib
+
+
+def lazy_getattr(package: str, exports: dict[str, str]):
+    """A module `__getattr__` that imports `exports[name]` (a module path) on first access of `name`."""
+
+    def __getattr__(name):
+        if name in exports:
+            return getattr(importlib.import_module(exports[name]), name)
+        raise AttributeError(f"module {package!r} has no attribute {name!r}")
+
+    return __getattr__
