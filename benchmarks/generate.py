@@ -5,7 +5,13 @@ gates, one 4-tile image and a 64-token prompt per row, float32 on CPU. For each 
 decode tokens/second over 128 greedy tokens (min_new_tokens forces both to generate the same count), and our compile
 time; then the cache size of the 11B config at batch 8 and 4096 tokens from shapes alone.
 
-    python benchmarks/generate.py [--batch-sizes 1 8] [--new-tokens 128] [--repeats 3] [--skip-transformers]
+transformers runs with eager attention and with sdpa (its default); ratios are against the faster of the two. Two
+floors put the figures in context: a decode step reads every text weight and the LM head once, so at batch 1 no
+implementation beats (those bytes) / (the read rate of XLA's batch-1 LM-head matmul, measured here); at batch 8 the
+step's matmul FLOPs at the rate of the batch-8 LM-head matmul (the largest and best-shaped matmul of the step) bound it
+the same way.
+
+    python benchmarks/generate.py [--batch-sizes 1 8] [--new-tokens 128] [--repeats 3] [--skip-transformers] [--hf-attention eager sdpa]
 
 Each figure is the best of --repeats runs (other processes on a shared machine only ever slow a run down).
 Decode tokens/second = batch * (new_tokens - 1) / (time for new_tokens - time to first token).
@@ -101,6 +107,27 @@ def transformers_(hf_model, batch: dict, new_tokens: int, repeats: int) -> dict:
     return dict(ttft=ttft, total=total, tokens=tokens)
 
 
+def floors(model, batch_sizes, repeats: int) -> dict:
+    """Per batch size, a floor for the decode step in seconds: the time of the LM-head matmul for that batch (the
+    faster of the kernel as stored and its transpose) scaled by (all text weights read per step) / (head weights).
+    At batch 1 that is the step's bytes at the head's read rate; at larger batches its FLOPs at the head's FLOP rate."""
+    lm = model.language_model
+    kernel = lm.lm_head.kernel[...]
+    step_weights = sum(x.size for x in jax.tree.leaves(nnx.state(lm, nnx.Param))) - lm.embed_tokens[...].size
+    operands = (kernel, jax.jit(lambda w: w.T)(kernel))
+    heads = (jax.jit(lambda x, w: x @ w), jax.jit(lambda x, w_t: jnp.einsum("vd,bd->bv", w_t, x)))
+    out = {}
+    for b in batch_sizes:
+        x = jnp.ones((b, kernel.shape[0]), kernel.dtype)
+        times = []
+        for head, w in zip(heads, operands):
+            run = lambda: jax.block_until_ready(head(x, w))
+            run()  # compile
+            times.append(best_of(max(repeats, 10), run))
+        out[b] = min(times) * step_weights / kernel.size
+    return out
+
+
 def cache_size_11b(batch: int = 8, length: int = 4096) -> str:
     lines = []
     for dtype in ("bfloat16", "float32"):
@@ -122,6 +149,7 @@ def main():
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--hf-attention", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
     args = parser.parse_args()
 
     config = preset("mid")
@@ -129,37 +157,45 @@ def main():
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     print(f"mid config: {params / 1e6:.0f}M parameters, float32, {jax.devices()[0].platform}, "
           f"{args.prompt_length}-token prompt with one 4-tile image, {args.new_tokens} new tokens (greedy)")
-    hf_model = None
+    hf_models = {}
     if not args.skip_transformers:
         import torch
+        import transformers
         from transformers import MllamaForConditionalGeneration
 
         with tempfile.TemporaryDirectory() as directory:
             lj.save_pretrained(model, directory)
-            hf_model = MllamaForConditionalGeneration.from_pretrained(
-                directory, attn_implementation="eager", torch_dtype=torch.float32).eval()
-        print(f"transformers: eager attention, torch {torch.__version__}, {torch.get_num_threads()} threads")
+            for attention in args.hf_attention:
+                hf_models[attention] = MllamaForConditionalGeneration.from_pretrained(
+                    directory, attn_implementation=attention, torch_dtype=torch.float32).eval()
+        print(f"transformers {transformers.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads")
 
     rows = []
     n = args.new_tokens
     for b in args.batch_sizes:
         batch = prompts(config, b, args.prompt_length)
         mine = ours(model, batch, n, args.repeats)
-        row = dict(batch=b, ours=mine, ours_tps=b * (n - 1) / (mine["total"] - mine["ttft"]))
-        if hf_model is not None:
+        row = dict(batch=b, ours=mine, ours_tps=b * (n - 1) / (mine["total"] - mine["ttft"]), hf={})
+        for attention, hf_model in hf_models.items():
             ref = transformers_(hf_model, batch, n, args.repeats)
-            row.update(hf=ref, hf_tps=b * (n - 1) / (ref["total"] - ref["ttft"]),
-                       same=float(np.mean(ref["tokens"] == mine["tokens"])))
+            ref.update(tps=b * (n - 1) / (ref["total"] - ref["ttft"]), same=float(np.mean(ref["tokens"] == mine["tokens"])))
+            row["hf"][attention] = ref
         rows.append(row)
+    floor = floors(model, args.batch_sizes, args.repeats)
 
-    print(f"\n{'batch':>5} | {'ours tok/s':>10} | {'hf tok/s':>8} | {'ratio':>5} | {'ours TTFT':>9} | "
-          f"{'hf TTFT':>8} | {'compile':>7} | same tokens")
+    names = list(hf_models)
+    print(f"\n{'batch':>5} | {'ours tok/s':>10} | " + "".join(f"{'hf ' + a:>10} | " for a in names) +
+          f"{'ratio':>5} | {'floor tok/s':>11} | {'ours TTFT':>9} | {'hf TTFT':>8} | {'compile':>7} | same tokens")
     for r in rows:
-        hf = (f"{r['hf_tps']:8.1f} | {r['ours_tps'] / r['hf_tps']:5.2f}" if "hf" in r else f"{'-':>8} | {'-':>5}")
-        hf_ttft = f"{r['hf']['ttft'] * 1e3:6.0f}ms" if "hf" in r else f"{'-':>8}"
-        same = f"{r['same']:.1%}" if "hf" in r else "-"
-        print(f"{r['batch']:5d} | {r['ours_tps']:10.1f} | {hf} | {r['ours']['ttft'] * 1e3:7.0f}ms | {hf_ttft} | "
-              f"{r['ours']['compile']:6.1f}s | {same}")
+        best = max(r["hf"].values(), key=lambda ref: ref["tps"]) if r["hf"] else None
+        hf_cols = "".join(f"{r['hf'][a]['tps']:10.1f} | " for a in names)
+        ratio = f"{r['ours_tps'] / best['tps']:5.2f}" if best else f"{'-':>5}"
+        hf_ttft = f"{min(ref['ttft'] for ref in r['hf'].values()) * 1e3:6.0f}ms" if best else f"{'-':>8}"
+        same = ", ".join(f"{a} {r['hf'][a]['same']:.1%}" for a in names) or "-"
+        print(f"{r['batch']:5d} | {r['ours_tps']:10.1f} | {hf_cols}{ratio} | {r['batch'] / floor[r['batch']]:11.1f} | "
+              f"{r['ours']['ttft'] * 1e3:7.0f}ms | {hf_ttft} | {r['ours']['compile']:6.1f}s | {same}")
+    if hf_models:
+        print("ratio: ours / the faster transformers attention; floor: see the module docstring")
     print()
     print(cache_size_11b())
 
