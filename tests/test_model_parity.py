@@ -17,9 +17,10 @@ def checkpoint(tmp_path_factory):
     return saved_hf_model(tmp_path_factory.mktemp("hf_tiny"), seed=0)
 
 
-@pytest.fixture(scope="module")
-def ours(checkpoint):
-    return lj.load_pretrained(checkpoint[1])
+@pytest.fixture(scope="module", params=[True, False], ids=["scanned", "per_layer"])
+def ours(checkpoint, request):
+    """The checkpoint loaded in either text layout (`scan_layers`)."""
+    return lj.load_pretrained(checkpoint[1], scan_layers=request.param)
 
 
 @pytest.mark.parametrize("aspect_ratio_id", [1, 2, 3, 6], ids=["1tile", "2tiles", "3tiles", "4tiles"])
@@ -62,7 +63,7 @@ def test_image_changes_logits(ours):
 
 def test_meta_row_mask_hides_the_image_from_rows_before_it(checkpoint, ours):
     """Meta's reference zeroes cross-attention for rows that see no image; transformers lets them see it (7.2)."""
-    meta = lj.load_pretrained(checkpoint[1], meta_cross_attention_row_mask=True)
+    meta = lj.load_pretrained(checkpoint[1], meta_cross_attention_row_mask=True, scan_layers=ours.config.scan_layers)
     rng = np.random.default_rng(6)
     batch = make_batch(rng, [[6]], 8, [[3]])
     other = dict(batch, pixel_values=batch["pixel_values"] + rng.normal(size=batch["pixel_values"].shape))
@@ -78,7 +79,7 @@ def test_round_trip_through_transformers(checkpoint, ours, tmp_path):
     reloaded_hf = MllamaForConditionalGeneration.from_pretrained(tmp_path, attn_implementation="eager").float()
     batch = make_batch(np.random.default_rng(7), [[6], [3]], 9, [[0], [2]])
     assert relative_error(ours(**batch), hf_logits(reloaded_hf, batch)) < TOL
-    again = lj.load_pretrained(tmp_path)
+    again = lj.load_pretrained(tmp_path, scan_layers=ours.config.scan_layers)
     for a, b in zip(jax.tree.leaves(nnx.state(ours, nnx.Param)), jax.tree.leaves(nnx.state(again, nnx.Param))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # the exported tensors carry exactly the names and shapes transformers saved
@@ -108,11 +109,12 @@ def test_loads_transformers_5_names_and_config(checkpoint, ours, tmp_path):
     vision["num_attention_heads"] = vision.pop("attention_heads")
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     batch = make_batch(np.random.default_rng(8), [[6]], 7, [[0]])
-    np.testing.assert_array_equal(np.asarray(lj.load_pretrained(tmp_path)(**batch)), np.asarray(ours(**batch)))
+    reloaded = lj.load_pretrained(tmp_path, scan_layers=ours.config.scan_layers)
+    np.testing.assert_array_equal(np.asarray(reloaded(**batch)), np.asarray(ours(**batch)))
 
 
 def test_bfloat16_forward_close_to_float32(checkpoint, ours):
-    bf16 = lj.load_pretrained(checkpoint[1], dtype="bfloat16")
+    bf16 = lj.load_pretrained(checkpoint[1], dtype="bfloat16", scan_layers=ours.config.scan_layers)
     batch = make_batch(np.random.default_rng(9), [[6], [2]], 9, [[0], [4]])
     ref = np.asarray(ours(**batch))
     assert relative_error(bf16(**batch), ref) < 5e-2

@@ -2,7 +2,8 @@
 
 The field names follow transformers' `MllamaVisionConfig` / `MllamaTextConfig`, so a `config.json` maps onto them
 one to one. Both layouts are read: transformers 4.x (`rope_scaling` + `rope_theta`, vision `attention_heads`) and
-5.x (`rope_parameters`, `num_attention_heads`). Execution knobs (dtypes, remat) live on `MllamaConfig` itself.
+5.x (`rope_parameters`, `num_attention_heads`). Execution knobs (dtypes, remat, layer layout) live on `MllamaConfig`
+itself and are not written to config.json.
 """
 from __future__ import annotations
 
@@ -121,8 +122,11 @@ class MllamaConfig:
     """The whole model plus how to run it.
 
     dtype: activation/compute dtype; param_dtype: storage dtype of the parameters;
-    remat: activation checkpointing policy for scanned layers ("none", "full" = save nothing,
-    "dots" = save matmul outputs without batch dims); attention_impl: "xla" (exact, any device) or "cudnn" (fused
+    remat: activation checkpointing policy for the text and vision layers ("none", "full" = save nothing,
+    "dots" = save matmul outputs without batch dims); scan_layers: layout of the text decoder's layers, stacked and
+    scanned (True: one trace whatever the depth, for training) or one module per layer run in a Python loop (False:
+    what decoding wants, see model/text.py; the vision encoder is scanned either way, it runs once per prefill);
+    attention_impl: "xla" (exact, any device) or "cudnn" (fused
     flash attention on NVIDIA GPUs, bf16/fp16); meta_cross_attention_row_mask: also zero the cross-attention
     output of text rows that see no image (Meta's reference) instead of only the MLP branch (transformers).
     """
@@ -133,6 +137,7 @@ class MllamaConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat: str = "none"
+    scan_layers: bool = True
     attention_impl: str = "xla"
     meta_cross_attention_row_mask: bool = False
 

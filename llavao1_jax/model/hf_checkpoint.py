@@ -5,7 +5,8 @@ Import streams tensors from (sharded) safetensors files one at a time: every par
 holds more than one checkpoint tensor at a time. Both tensor layouts are accepted: the Hub's
 (`language_model.model.*`, `vision_model.*`, `language_model.lm_head.*`) and transformers >= 4.52 / 5.x
 (`model.language_model.*`, `model.vision_model.*`, `lm_head.*`). Export writes the Hub layout, which every
-transformers version loads.
+transformers version loads. Both text layouts (`MllamaConfig.scan_layers`) map onto the same tensors: a stacked
+parameter to one tensor per layer, a per-layer parameter (`language_model.layers.{i}.*`) to exactly one.
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ _GROUPS = {
 _RENAMES = [
     (r"^(vision_model\.(?:global_)?transformer\.)([qkvo]_proj)\.", r"\1self_attn.\2."),
     (r"^(vision_model\.(?:global_)?transformer\.)(fc[12])\.", r"\1mlp.\2."),
-    (r"^(language_model\.cross_layers\.)([qk]_norm)\.", r"\1cross_attn.\2."),
+    (r"^(language_model\.(?:cross_layers|layers\.\d+)\.)([qk]_norm)\.", r"\1cross_attn.\2."),
+    (r"^language_model\.layers\.", "language_model.model.layers."),  # per-layer text layout: one tensor each
     (r"^language_model\.lm_head\.", "language_model.lm_head."),
     (r"^language_model\.(embed_tokens|norm)\b", r"language_model.model.\1"),
     (r"\.kernel$", ".weight"),
@@ -196,7 +198,8 @@ def load_pretrained(hf_dir: str | os.PathLike, dtype: str = "float32", *, param_
 
     dtype: compute dtype; param_dtype: storage dtype (defaults to `dtype`). With a `mesh`, every parameter is placed
     by its logical axis names through `rules` (see `llavao1_jax.sharding`); without one, on the first device.
-    Other keywords override `MllamaConfig` fields (e.g. remat="full").
+    Other keywords override `MllamaConfig` fields (e.g. remat="full", or scan_layers=False for the per-layer text
+    layout that decoding wants; the default scanned layout suits training).
     """
     hf_dir = Path(hf_dir)
     if not hf_dir.is_dir():

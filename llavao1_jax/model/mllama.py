@@ -2,6 +2,7 @@
 
 `Mllama` is an NNX module. `Mllama.forward` is the traceable computation; calling the module validates the inputs on
 the host and runs `forward` as a pure function of the split state under `jax.jit` (one compilation per input shape).
+`relayout` converts a model between the scanned and the per-layer text layout (`MllamaConfig.scan_layers`).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from jax.sharding import Mesh
 
 from llavao1_jax.model.config import MllamaConfig
 from llavao1_jax.model.layers import Linear
-from llavao1_jax.model.text import CrossInputs, KVCache, TextDecoder, causal_bias, cross_inputs
+from llavao1_jax.model.text import CrossInputs, KVCache, TextDecoder, causal_bias, cross_inputs, init_cache
 from llavao1_jax.model.vision import VisionEncoder
 from llavao1_jax.sharding import DEFAULT_RULES, state_shardings
 
@@ -35,7 +36,8 @@ class Mllama(nnx.Module):
         self.multi_modal_projector = Linear(config.vision.vision_output_dim, config.text.hidden_size,
                                             ("vision_out", "embed"), bias=True, **kw)
         self.language_model = TextDecoder(config.text, meta_row_mask=config.meta_cross_attention_row_mask,
-                                          attention_impl=config.attention_impl, remat=config.remat, **kw)
+                                          attention_impl=config.attention_impl, remat=config.remat,
+                                          scan_layers=config.scan_layers, **kw)
 
     # ------------------------------------------------------------------------------------- traceable pieces
     def encode_images(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> jax.Array:
@@ -68,12 +70,10 @@ class Mllama(nnx.Module):
         return self.language_model.logits(hidden).astype(jnp.float32)
 
     def init_cache(self, batch_size: int, max_length: int, num_vision_tokens: int = 0, dtype=None) -> KVCache:
-        """An empty decoding cache (zeros); cross K/V are filled at prefill."""
-        t = self.config.text
-        dtype = dtype or self.config.dtype
-        kv = lambda n, length: jnp.zeros((n, batch_size, length, t.num_key_value_heads, t.head_dim), dtype)
-        return KVCache(kv(t.num_self_layers, max_length), kv(t.num_self_layers, max_length),
-                       kv(t.num_cross_layers, num_vision_tokens), kv(t.num_cross_layers, num_vision_tokens))
+        """An empty decoding cache (zeros) in the layout of the text decoder (`text.KVCache`); cross K/V are None
+        for text-only prompts (num_vision_tokens = 0), else filled at prefill."""
+        return init_cache(self.config.text, batch_size, max_length, num_vision_tokens,
+                          dtype=dtype or self.config.dtype, scan_layers=self.config.scan_layers)
 
     # ---------------------------------------------------------------------------------------- host entry
     def __call__(self, input_ids, attention_mask=None, pixel_values=None, aspect_ratio_ids=None,
@@ -97,6 +97,50 @@ def init_model(config: MllamaConfig, seed: int = 0, *, mesh: Optional[Mesh] = No
     out_shardings = state_shardings(abstract_state, mesh, rules) if mesh is not None else None
     state = jax.jit(lambda: nnx.state(make()), out_shardings=out_shardings)()
     return nnx.merge(graphdef, state)
+
+
+def relayout(model: Mllama, scan_layers: bool, *, rules=DEFAULT_RULES) -> Mllama:
+    """`model` with its text layers in the scanned (`scan_layers=True`) or per-layer layout (see model/text.py).
+
+    One jitted function copies the parameters (bit-identical: stacking and slicing only), so both models exist
+    side by side afterwards. When the parameters are sharded over a mesh, the new ones are placed by `rules` like
+    the loaders place them. Returns `model` itself when it is already in that layout.
+    """
+    if model.config.scan_layers == scan_layers:
+        return model
+    config = model.config.replace(scan_layers=scan_layers)
+    graphdef, new_state = nnx.split(nnx.eval_shape(lambda: Mllama(config, rngs=nnx.Rngs(0))))
+    leaf = jax.tree.leaves(nnx.state(model))[0]
+    mesh = leaf.sharding.mesh if isinstance(leaf.sharding, jax.sharding.NamedSharding) else None
+    out_shardings = nnx.to_pure_dict(state_shardings(new_state, mesh, rules)) if mesh is not None else None
+    convert = functools.partial(_stack_text_layers if scan_layers else _unstack_text_layers, config.text)
+    params = jax.jit(convert, out_shardings=out_shardings)(nnx.to_pure_dict(nnx.state(model)))
+    nnx.replace_by_pure_dict(new_state, params)
+    return nnx.merge(graphdef, new_state)
+
+
+def _unstack_text_layers(cfg, params: dict) -> dict:
+    """Pure-dict parameters, scanned layout -> per-layer layout (`language_model.layers.{i}`)."""
+    lm = dict(params["language_model"])
+    stacks = {"self": lm.pop("self_layers"), "cross": lm.pop("cross_layers", None)}
+    counts = {"self": 0, "cross": 0}
+    lm["layers"] = {}
+    for i in range(cfg.num_hidden_layers):
+        kind = "cross" if i in cfg.cross_layer_indices else "self"
+        lm["layers"][i] = jax.tree.map(lambda a: a[counts[kind]], stacks[kind])
+        counts[kind] += 1
+    return dict(params, language_model=lm)
+
+
+def _stack_text_layers(cfg, params: dict) -> dict:
+    """Pure-dict parameters, per-layer layout -> scanned layout (`self_layers`, `cross_layers` stacks)."""
+    lm = dict(params["language_model"])
+    layers = lm.pop("layers")
+    stack = lambda indices: jax.tree.map(lambda *a: jnp.stack(a), *(layers[i] for i in indices))
+    lm["self_layers"] = stack([i for i in range(cfg.num_hidden_layers) if i not in cfg.cross_layer_indices])
+    if cfg.num_cross_layers:
+        lm["cross_layers"] = stack(cfg.cross_layer_indices)
+    return dict(params, language_model=lm)
 
 
 @functools.partial(jax.jit, static_argnums=0)
