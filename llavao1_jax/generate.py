@@ -82,7 +82,7 @@ def stream(model, processor: Processor, batch: dict, args, out=sys.stdout) -> in
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        model = lj.load_pretrained(args.model, dtype=args.dtype)
+        model = lj.load_pretrained(args.model, dtype=args.dtype, scan_layers=False)  # the layout decoding reads
         processor = load_processor(Path(args.model), model)
         batch = processor(images=[args.image] if args.image else None, text=prompt_text(processor, args))
         start = time.perf_counter()

@@ -20,7 +20,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ours(checkpoint):
-    return lj.load_pretrained(checkpoint[1])
+    return lj.load_pretrained(checkpoint[1], scan_layers=False)
 
 
 def image_batch():
@@ -193,7 +193,7 @@ def test_sharded_decoding_matches(checkpoint, ours):
     batch = image_batch()
     want = lj.generate(ours, batch, max_new_tokens=6, min_new_tokens=6).tokens
     mesh = make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
-    sharded = lj.load_pretrained(checkpoint[1], mesh=mesh)
+    sharded = lj.load_pretrained(checkpoint[1], mesh=mesh, scan_layers=False)
     with jax.set_mesh(mesh):
         state = inference.prefill(sharded, batch, max_new_tokens=8)
         spec = state.cache.self_k[0].sharding.spec
@@ -201,6 +201,20 @@ def test_sharded_decoding_matches(checkpoint, ours):
     assert tuple(spec)[:3] == ("data", None, "tensor")
     assert state.cache.cross_k[0].sharding.spec[0] == "data"
     np.testing.assert_array_equal(out.tokens, want)
+
+
+def test_scanned_model_is_converted_once_with_a_warning(checkpoint, ours):
+    """A scanned model decodes through a per-layer copy made once (one warning) and kept while its parameters stay;
+    it generates what the per-layer model generates."""
+    scanned = lj.load_pretrained(checkpoint[1])
+    batch = text_batch()
+    want = lj.generate(ours, batch, max_new_tokens=5).tokens
+    with pytest.warns(UserWarning, match=r"per-layer.*scan_layers=False") as record:
+        got = lj.generate(scanned, batch, max_new_tokens=5).tokens
+        again = lj.generate(scanned, batch, max_new_tokens=5).tokens
+    assert len([w for w in record if "per-layer" in str(w.message)]) == 1
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(again, want)
 
 
 @pytest.mark.parametrize("change, message", [

@@ -27,7 +27,7 @@ def files(tmp_path_factory):
 def test_streams_the_answer_in_chunks(files, monkeypatch):
     args = cli.parse_args(["--model", str(files / "model"), "--image", str(files / "a.png"), "--prompt", "Hi?",
                            "--max-new-tokens", "12", "--min-new-tokens", "12", "--chunk", "5"])
-    model = lj.load_pretrained(args.model)
+    model = lj.load_pretrained(args.model, scan_layers=False)
     processor = cli.load_processor(files / "model", model)
     batch = processor(images=[args.image], text=cli.prompt_text(processor, args))
     writes = []

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from llavao1_jax.inference import engine, unrolled
+from llavao1_jax.inference import engine
+from llavao1_jax.inference.decoding_model import prepare
 from llavao1_jax.inference.stop_strings import for_tokenizer, initial_state
 from llavao1_jax.inference.sampling import SamplingConfig
 from llavao1_jax.inference.state import FINISH_REASONS, RUNNING, DecodeState, Generation, row_keys
@@ -79,7 +80,8 @@ def prefill(model, batch: dict, *, max_new_tokens: int, seed: int = 0) -> Decode
     """Runs a batch of prompts (images and text) once and returns the state to decode from.
 
     Args:
-      model: an `Mllama`.
+      model: an `Mllama`, best in the per-layer layout (`scan_layers=False`; a scanned model is converted once,
+        with a warning).
       batch: the processor's dict (input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
         cross_attention_mask) or transformers' processor output; any padding side.
       max_new_tokens: cache room after the prompt, for generated and appended tokens (rounded up to 64).
@@ -89,8 +91,7 @@ def prefill(model, batch: dict, *, max_new_tokens: int, seed: int = 0) -> Decode
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     inputs = prompt_inputs(model.config, batch)
     b, s = inputs["input_ids"].shape
-    graph, weights = unrolled.split(model)
-    return engine.prefill(graph, weights, inputs, row_keys(seed, b), s + _round_up(max_new_tokens, ROOM_MULTIPLE))
+    return engine.prefill(*prepare(model), inputs, row_keys(seed, b), s + _round_up(max_new_tokens, ROOM_MULTIPLE))
 
 
 def append_tokens(model, state: DecodeState, tokens, mask=None) -> DecodeState:
@@ -115,8 +116,7 @@ def append_tokens(model, state: DecodeState, tokens, mask=None) -> DecodeState:
     if tokens.shape[1] > room:
         raise ValueError(f"the cache has room for {room} more slots, appending needs {tokens.shape[1]} "
                          f"({tokens.shape[1] - pad} padded to {tokens.shape[1]}); prefill with a larger max_new_tokens")
-    graph, weights = unrolled.split(model)
-    return engine.append(graph, weights, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask))
+    return engine.append(*prepare(model), state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask))
 
 
 # ------------------------------------------------------------------------------------------------------ decode
@@ -181,7 +181,7 @@ class Decoder:
         if max_new.max() > room:
             raise ValueError(f"max_new_tokens {int(max_new.max())} exceeds the cache's room ({room} slots); prefill "
                              "with a larger max_new_tokens")
-        self.graph, self.weights = unrolled.split(model)
+        self.decoding_model = prepare(model)
         self.num_tokens = int(max_new.max())
         t = _round_up(self.num_tokens, ROOM_MULTIPLE)
         self.state = state
@@ -194,7 +194,8 @@ class Decoder:
         """Runs up to `max_steps` decode steps (default: until every row finishes) in one jitted while_loop.
         Returns True when every row has finished."""
         steps = self.num_tokens if max_steps is None else max_steps
-        self.state, self.gen = engine.decode(self.graph, self.sampling, self.weights, self.state, self.gen,
+        graphdef, params, head_t = self.decoding_model
+        self.state, self.gen = engine.decode(graphdef, self.sampling, params, head_t, self.state, self.gen,
                                              self.stopping, jnp.asarray(steps, jnp.int32))
         return bool(np.all(np.asarray(self.gen.finish) != RUNNING))
 
@@ -227,7 +228,8 @@ def generate(model, batch: dict, *, max_new_tokens: Union[int, Sequence[int]] = 
     """Generates continuations of a batch of prompts.
 
     Args:
-      model: an `Mllama` (e.g. from `lj.load_pretrained`).
+      model: an `Mllama`, best in the per-layer layout (`lj.load_pretrained(dir, scan_layers=False)`); a scanned
+        model is converted once per model (a copy of its text weights, with a warning).
       batch: the processor's dict of arrays (or transformers' `MllamaProcessor` output); any padding side.
       max_new_tokens: budget per row (an int or one per row).
       do_sample, temperature, top_p, top_k: greedy when do_sample is False; else sampling with transformers'

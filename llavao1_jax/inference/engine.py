@@ -1,7 +1,8 @@
 """The jitted device computations of decoding: prefill, appending tokens to a cache, and the decode loop.
 
-Every function is a pure function of the model in decoding layout (`unrolled.split`: `graph` static, `weights`
-traced); append and decode take the decode state as a donated argument, so the cache is updated in place and never
+Every function is a pure function of the model in the per-layer layout, given as `decoding_model.prepare` makes it:
+`graphdef` (static) and `params` from `nnx.split`, merged inside, and `head_t` (the CPU LM-head copy or None);
+append and decode take the decode state as a donated argument, so the cache is updated in place and never
 leaves the device. The decode loop is one `lax.while_loop`: it samples a token per row, records it, checks stop
 tokens, stop strings and budgets, feeds the token back (one cache slot per step), and exits as soon as every row has
 finished or `max_steps` steps ran.
@@ -14,11 +15,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from flax import nnx
+
 from llavao1_jax.inference import stop_strings
+from llavao1_jax.inference.decoding_model import head_logits
 from llavao1_jax.inference.sampling import SamplingConfig, next_tokens
 from llavao1_jax.inference.sharding import constrain
 from llavao1_jax.inference.state import LENGTH, RUNNING, STOP_STRING, STOP_TOKEN, DecodeState, Generation
-from llavao1_jax.inference.unrolled import Network, init_cache
+from llavao1_jax.model.mllama import Mllama
 from llavao1_jax.model.text import causal_bias
 
 
@@ -35,7 +39,7 @@ class Stopping(NamedTuple):
     min_new_tokens: jax.Array
 
 
-def advance(net: Network, state: DecodeState, tokens: jax.Array, valid: jax.Array, cross_rows=None,
+def advance(model: Mllama, head_t, state: DecodeState, tokens: jax.Array, valid: jax.Array, cross_rows=None,
             image_states=None) -> DecodeState:
     """Feeds a chunk of tokens [B, S] to the cache at slots [index, index + S) (traceable).
 
@@ -55,11 +59,11 @@ def advance(net: Network, state: DecodeState, tokens: jax.Array, valid: jax.Arra
         if cross_rows is None:
             cross_rows = jnp.broadcast_to(state.cross_mask[:, None], (b, s, *state.cross_mask.shape[1:]))
         kv = dict(states=image_states) if image_states is not None else dict(k=cache.cross_k, v=cache.cross_v)
-        cross = net.cross_inputs(cross_rows, **kv)
-    hidden, cache = net.language_model(tokens, positions, bias, cross, cache, index)
+        cross = model.cross_inputs(cross_rows, **kv)
+    hidden, cache = model.language_model(tokens, positions, bias, cross, cache, index)
     last = s - 1 - jnp.argmax(valid[:, ::-1], axis=1)                      # each row's last valid token
     hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)      # [B, 1, D]: the head runs on B rows only
-    logits = net.language_model.logits(hidden)[:, 0].astype(jnp.float32)
+    logits = head_logits(model, head_t, hidden)[:, 0].astype(jnp.float32)
     fed = valid.any(axis=1)
     cross_mask = state.cross_mask
     if cross_mask is not None:
@@ -70,35 +74,35 @@ def advance(net: Network, state: DecodeState, tokens: jax.Array, valid: jax.Arra
                        keys=state.keys, cross_mask=cross_mask)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def prefill(graph, weights, inputs: dict, keys: jax.Array, max_length: int) -> DecodeState:
+@functools.partial(jax.jit, static_argnums=(0, 5))
+def prefill(graphdef, params, head_t, inputs: dict, keys: jax.Array, max_length: int) -> DecodeState:
     """Runs the prompts (`inputs`: validated model inputs, attention_mask required, cross_attention_mask required with
     images) into a new cache of `max_length` slots: vision tower and cross K/V once, all prompt tokens in one pass."""
-    net = Network(graph, weights)
+    model = nnx.merge(graphdef, params)
     ids, valid = inputs["input_ids"], inputs["attention_mask"].astype(bool)
     b = ids.shape[0]
     image_states = cross_rows = cross_mask = None
     if "pixel_values" in inputs:
-        image_states = net.encode_images(inputs["pixel_values"], inputs["aspect_ratio_ids"],
-                                         inputs["aspect_ratio_mask"])
-        cache = init_cache(net.config, b, max_length, image_states.shape[1])
+        image_states = model.encode_images(inputs["pixel_values"], inputs["aspect_ratio_ids"],
+                                           inputs["aspect_ratio_mask"])
+        cache = model.init_cache(b, max_length, image_states.shape[1])
         cross_rows = inputs["cross_attention_mask"]
         cross_mask = jnp.zeros((b, *cross_rows.shape[2:]), jnp.int32)
     else:
-        cache = init_cache(net.config, b, max_length)
-    empty = DecodeState(cache=cache, logits=jnp.zeros((b, net.config.text.vocab_size), jnp.float32),
+        cache = model.init_cache(b, max_length)
+    empty = DecodeState(cache=cache, logits=jnp.zeros((b, model.config.text.vocab_size), jnp.float32),
                         key_valid=jnp.zeros((b, max_length), bool), positions=jnp.zeros(b, jnp.int32),
                         index=jnp.zeros((), jnp.int32), keys=keys, cross_mask=cross_mask)
-    return constrain(advance(net, empty, ids, valid, cross_rows, image_states))
+    return constrain(advance(model, head_t, empty, ids, valid, cross_rows, image_states))
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
-def append(graph, weights, state: DecodeState, tokens: jax.Array, valid: jax.Array) -> DecodeState:
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
+def append(graphdef, params, head_t, state: DecodeState, tokens: jax.Array, valid: jax.Array) -> DecodeState:
     """Teacher forcing: feeds tokens [B, S] (valid [B, S]) to the cache after what is there."""
-    return constrain(advance(Network(graph, weights), state, tokens, valid))
+    return constrain(advance(nnx.merge(graphdef, params), head_t, state, tokens, valid))
 
 
-def decode_step(net: Network, sampling: SamplingConfig, stopping: Stopping, state: DecodeState,
+def decode_step(model: Mllama, head_t, sampling: SamplingConfig, stopping: Stopping, state: DecodeState,
                 gen: Generation) -> tuple[DecodeState, Generation]:
     """One token for every running row: choose, record, check stops, feed back (traceable)."""
     b, t = gen.tokens.shape
@@ -117,15 +121,15 @@ def decode_step(net: Network, sampling: SamplingConfig, stopping: Stopping, stat
     gen = Generation(tokens=gen.tokens.at[rows, column].set(tokens, mode="drop"),
                      logprobs=gen.logprobs.at[rows, column].set(logprobs, mode="drop"),
                      lengths=lengths, finish=finish.astype(gen.finish.dtype), max_new=gen.max_new, matcher=matcher)
-    return advance(net, state, tokens[:, None], running[:, None]), gen
+    return advance(model, head_t, state, tokens[:, None], running[:, None]), gen
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(3, 4))
-def decode(graph, sampling: SamplingConfig, weights, state: DecodeState, gen: Generation, stopping: Stopping,
-           max_steps: jax.Array) -> tuple[DecodeState, Generation]:
+@functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(4, 5))
+def decode(graphdef, sampling: SamplingConfig, params, head_t, state: DecodeState, gen: Generation,
+           stopping: Stopping, max_steps: jax.Array) -> tuple[DecodeState, Generation]:
     """Up to `max_steps` decode steps in one while_loop, stopping early when no row is running. Rows still running
     when the cache is full finish with reason 'length'."""
-    net = Network(graph, weights)
+    model = nnx.merge(graphdef, params)
 
     def cond(carry):
         state, gen, step = carry
@@ -133,7 +137,7 @@ def decode(graph, sampling: SamplingConfig, weights, state: DecodeState, gen: Ge
 
     def body(carry):
         state, gen, step = carry
-        state, gen = decode_step(net, sampling, stopping, state, gen)
+        state, gen = decode_step(model, head_t, sampling, stopping, state, gen)
         return constrain(state), constrain(gen), step + 1
 
     state, gen, _ = jax.lax.while_loop(cond, body, (state, gen, jnp.zeros((), jnp.int32)))

@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from llavao1_jax.inference.unrolled import CROSS_CACHE_AXES, SELF_CACHE_AXES
 from llavao1_jax.model.text import KVCache
 
 FINISH_REASONS = ("running", "stop_token", "stop_string", "length")
@@ -23,8 +22,9 @@ class DecodeState(NamedTuple):
     All rows share the write slot `index` (a step writes one slot for every row; rows that are finished or skip a
     token write a slot that stays invalid), so rows differ only in `key_valid` and `positions`.
 
-    cache: `KVCache` in decoding layout (unrolled.py): tuples of per-layer arrays, self K/V [B, max_len, KV, hd],
-      cross K/V [B, KV, hd, vision_tokens] computed once from the images (None for text-only prompts).
+    cache: `KVCache` in the per-layer layout (model/text.py): tuples of per-layer arrays, self K/V
+      [B, max_len, KV, hd], cross K/V [B, KV, hd, vision_tokens] computed once from the images (None for text-only
+      prompts).
     logits: [B, V] float32 next-token logits.
     key_valid: [B, max_len] bool, the cache slots each row attends to.
     positions: [B] int32, RoPE position of each row's next token (its number of real tokens so far).
@@ -52,10 +52,7 @@ class DecodeState(NamedTuple):
 
     def logical_axes(self) -> "DecodeState":
         """Logical axis names of every array, as PartitionSpecs of logical names (see sharding.py)."""
-        self_axes, cross_axes = P(*SELF_CACHE_AXES), P(*CROSS_CACHE_AXES)
-        cache = KVCache(*(jax.tree.map(lambda _: axes, part)
-                          for part, axes in zip(self.cache, (self_axes, self_axes, cross_axes, cross_axes))))
-        return DecodeState(cache=cache, logits=P("batch", None),
+        return DecodeState(cache=self.cache.logical_axes(), logits=P("batch", None),
                            key_valid=P("batch", "length"), positions=P("batch"), index=P(), keys=P("batch", None),
                            cross_mask=None if self.cross_mask is None else P("batch", None, None))
 
