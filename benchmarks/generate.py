@@ -29,8 +29,8 @@ from flax import nnx
 
 import llavao1_jax as lj
 from llavao1_jax import inference
-from llavao1_jax.inference import unrolled
 from llavao1_jax.model import Mllama, preset
+from llavao1_jax.model.text import init_cache
 
 FOUR_TILES = 6  # aspect ratio id of (2, 2) in the default supported ratios
 
@@ -133,7 +133,8 @@ def cache_size_11b(batch: int = 8, length: int = 4096) -> str:
     for dtype in ("bfloat16", "float32"):
         config = preset("llama-3.2-11b-vision", dtype=dtype)
         vision_tokens = config.vision.max_num_tiles * config.vision.num_patches  # one image
-        cache = jax.eval_shape(lambda: unrolled.init_cache(config, batch, length, vision_tokens))
+        cache = jax.eval_shape(lambda: init_cache(config.text, batch, length, vision_tokens, dtype=config.dtype,
+                                                  scan_layers=False))
         self_bytes = inference.cache_bytes(cache._replace(cross_k=None, cross_v=None))
         total = inference.cache_bytes(cache)
         lines.append(f"11B cache, batch {batch}, {length} tokens, one image ({vision_tokens} vision tokens), {dtype}: "
@@ -152,7 +153,7 @@ def main():
     parser.add_argument("--hf-attention", nargs="+", default=["eager", "sdpa"], choices=["eager", "sdpa"])
     args = parser.parse_args()
 
-    config = preset("mid")
+    config = preset("mid", scan_layers=False)  # the per-layer layout decoding reads
     model = random_model(config)
     params = sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
     print(f"mid config: {params / 1e6:.0f}M parameters, float32, {jax.devices()[0].platform}, "
