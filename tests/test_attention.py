@@ -1,0 +1,65 @@
+"""The blocked exact attention against jax.nn.dot_product_attention (one block), for every blocking it can choose."""
+import math
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import llavao1_jax as lj
+from hf_reference import hf_logits, make_batch, relative_error, saved_hf_model
+from llavao1_jax.model import layers
+
+BLOCKED = np.finfo(np.float32).min
+
+
+def set_budget(monkeypatch, budget: int):
+    """Sets the score-block budget; the budget is read when tracing, so cached traces are dropped."""
+    monkeypatch.setitem(layers.SCORE_BLOCK_BYTES, jax.default_backend(), budget)
+    jax.clear_caches()
+
+
+@pytest.mark.parametrize("budget", [1 << 30, 40_000, 5_000, 1], ids=["one-block", "row-blocks", "query-chunks", "tiny"])
+@pytest.mark.parametrize("bias_kind", ["full", "keys", "none"])
+def test_blocked_attention_is_exact(monkeypatch, budget, bias_kind):
+    set_budget(monkeypatch, budget)
+    rng = np.random.default_rng(budget % 97)
+    b, sq, sk, h, kv, d = 4, 37, 29, 6, 2, 8  # grouped heads; 37 queries split into uneven chunks (padding)
+    q = jnp.asarray(rng.normal(size=(b, sq, h, d)), jnp.float32)
+    k, v = (jnp.asarray(rng.normal(size=(b, sk, kv, d)), jnp.float32) for _ in range(2))
+    shape = {"full": (b, 1, sq, sk), "keys": (b, 1, 1, sk)}.get(bias_kind)
+    bias = None if shape is None else jnp.asarray(np.where(rng.random(shape) < 0.3, BLOCKED, 0.0), jnp.float32)
+    expected = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="xla")
+    got = jax.jit(layers.attention)(q, k, v, bias)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_blocking_bounds_the_score_block(monkeypatch):
+    """Under a 5 KB budget every matmul result of the traced computation (scores and outputs) fits the budget; one
+    unblocked score array would be 5x larger."""
+    budget = 5_000
+    set_budget(monkeypatch, budget)
+    q = jnp.zeros((4, 37, 6, 8))
+    k = v = jnp.zeros((4, 29, 2, 8))
+    text = jax.jit(layers.attention).lower(q, k, v, None).as_text()
+    results = re.findall(r"dot_general.*?-> tensor<([0-9x]+)xf32>", text)
+    assert results, "no matmul found in the lowered attention"
+    assert max(4 * math.prod(int(n) for n in r.split("x")) for r in results) <= budget
+    assert 4 * 6 * 37 * 29 * 4 > 5 * budget
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Attention in blocks of at most 4 KB everywhere (vision tower, self- and cross-attention)."""
+    set_budget(monkeypatch, 4096)
+    yield
+    monkeypatch.undo()
+    jax.clear_caches()
+
+
+def test_model_in_small_blocks_matches_transformers(tmp_path, small_blocks):
+    hf_model, directory = saved_hf_model(tmp_path, seed=0)
+    batch = make_batch(np.random.default_rng(1), [[1], [2], [7], [6]], 11, [[0], [3], [5], [1]])
+    ours = lj.load_pretrained(directory)
+    assert relative_error(ours(**batch), hf_logits(hf_model, batch)) < 1e-5
