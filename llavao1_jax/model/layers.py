@@ -93,20 +93,22 @@ def mask_value(dtype=jnp.float32) -> float:
     return float(jnp.finfo(dtype).min)
 
 
-# The most bytes of float32 scores one attention block may hold: on CPU a block stays in cache (the vision tower's
-# 1056-token tiles at batch 8: 140 ms per layer in blocks against 550 ms as one [B, H, S, S] array, on 2 cores), on
-# accelerators it bounds memory (one [B, H, S, S] array for 32 tiles of the 11B vision tower would be 20 GB).
-SCORE_BLOCK_BYTES = {"cpu": 8 << 20}
-DEFAULT_SCORE_BLOCK_BYTES = 1 << 30
+# How `attention` blocks its float32 scores, per backend: the most bytes one block may hold, and whether a block may
+# take a subset of the batch rows. On CPU small blocks of a few rows stay in cache (the vision tower's 1056-token tiles
+# at batch 8: 140-180 ms per layer, against 290 ms as one [B, H, S, S] array and 230-330 ms for blocks spanning the
+# batch, on 2 cores). On accelerators blocks span the batch, which may be sharded (slicing a sharded batch would gather
+# it onto every device), and bound memory (one [B, H, S, S] array for 32 tiles of the 11B vision tower is 20 GB).
+ATTENTION_BLOCKS = {"cpu": (8 << 20, True)}
+DEFAULT_ATTENTION_BLOCKS = (1 << 30, False)
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array], implementation: str = "xla"):
     """Scaled dot-product attention with grouped K/V heads and an additive bias, softmax in float32.
 
     q: [B, Sq, H, D]; k, v: [B, Sk, KV, D] with H a multiple of KV; bias: [B or 1, 1, Sq or 1, Sk] (0 = attend,
-    finfo.min = blocked). "xla" computes scores, then softmax, exactly as transformers' eager path, in blocks of batch
-    rows and queries whose scores fit `SCORE_BLOCK_BYTES`; "cudnn" is the fused flash kernel on NVIDIA GPUs
-    (bf16/fp16). Returns [B, Sq, H, D].
+    finfo.min = blocked). "xla" computes scores, then softmax, exactly as transformers' eager path, in blocks of
+    queries (and of batch rows on CPU) whose scores fit `ATTENTION_BLOCKS`; "cudnn" is the fused flash kernel on
+    NVIDIA GPUs (bf16/fp16). Returns [B, Sq, H, D].
     """
     if implementation == "cudnn":
         bias = None if bias is None else bias.astype(q.dtype)
@@ -114,18 +116,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array
     b, sq, h, _ = q.shape
     sk = k.shape[1]
     bias = jnp.zeros((1, 1, 1, sk), jnp.float32) if bias is None else bias.astype(jnp.float32)
-    budget = SCORE_BLOCK_BYTES.get(jax.default_backend(), DEFAULT_SCORE_BLOCK_BYTES)
+    budget, split_batch = ATTENTION_BLOCKS.get(jax.default_backend(), DEFAULT_ATTENTION_BLOCKS)
     row_bytes = h * sq * sk * 4
     if b * row_bytes <= budget:
         return _exact_attention(q, k, v, bias)
-    rows = max(r for r in range(1, b + 1) if b % r == 0 and (r == 1 or r * row_bytes <= budget))
+    rows = b if not split_batch else max(r for r in range(1, b + 1)
+                                         if b % r == 0 and (r == 1 or r * row_bytes <= budget))
     chunks = min(-(-rows * row_bytes // budget), sq)
     size = -(-sq // chunks)
     pad = chunks * size - sq
     q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
     if bias.shape[2] > 1:
         bias = jnp.pad(bias, ((0, 0), (0, 0), (0, pad), (0, 0)))
-    take = lambda x, start, length, axis: (x if x.shape[axis] == 1 else
+    take = lambda x, start, length, axis: (x if x.shape[axis] in (1, length) else
                                            jax.lax.dynamic_slice_in_dim(x, start, length, axis))
 
     def block(i):
