@@ -14,7 +14,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-
 from flax import nnx
 
 from llavao1_jax.inference import stop_strings

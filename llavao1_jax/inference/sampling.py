@@ -14,6 +14,7 @@ masking the whole vocabulary and comparing every logit with the maximum.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +84,8 @@ def _log_normaliser(logits: jax.Array, top: jax.Array) -> jax.Array:
 def _blocks(logits: jax.Array) -> jax.Array:
     """[B, V] -> [B, V / c, c] with c the divisor of V nearest sqrt(V) (a free reshape, no padding)."""
     v = logits.shape[-1]
-    c = min((d for d in range(1, v + 1) if v % d == 0), key=lambda d: abs(d * d - v))
+    divisors = [d for small in range(1, math.isqrt(v) + 1) if v % small == 0 for d in (small, v // small)]
+    c = min(divisors, key=lambda d: abs(d * d - v))
     return logits.reshape(logits.shape[0], v // c, c)
 
 

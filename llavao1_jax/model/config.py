@@ -113,6 +113,11 @@ class TextConfig:
         return len(self.cross_layer_indices)
 
     @property
+    def self_layer_indices(self) -> tuple[int, ...]:
+        """The self-attention layers, in model order."""
+        return tuple(i for i in range(self.num_hidden_layers) if i not in self.cross_layer_indices)
+
+    @property
     def num_self_layers(self) -> int:
         return self.num_hidden_layers - self.num_cross_layers
 

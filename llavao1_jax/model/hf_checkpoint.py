@@ -34,9 +34,7 @@ _GROUPS = {
     "vision_model.transformer.": ("vision_model.transformer.layers.{}.", lambda c: range(c.vision.num_hidden_layers)),
     "vision_model.global_transformer.": ("vision_model.global_transformer.layers.{}.",
                                          lambda c: range(c.vision.num_global_layers)),
-    "language_model.self_layers.": ("language_model.model.layers.{}.",
-                                    lambda c: [i for i in range(c.text.num_hidden_layers)
-                                               if i not in c.text.cross_layer_indices]),
+    "language_model.self_layers.": ("language_model.model.layers.{}.", lambda c: c.text.self_layer_indices),
     "language_model.cross_layers.": ("language_model.model.layers.{}.", lambda c: c.text.cross_layer_indices),
 }
 # Renames inside a name (ours -> Hub), applied in order.

@@ -137,7 +137,7 @@ def _stack_text_layers(cfg, params: dict) -> dict:
     lm = dict(params["language_model"])
     layers = lm.pop("layers")
     stack = lambda indices: jax.tree.map(lambda *a: jnp.stack(a), *(layers[i] for i in indices))
-    lm["self_layers"] = stack([i for i in range(cfg.num_hidden_layers) if i not in cfg.cross_layer_indices])
+    lm["self_layers"] = stack(cfg.self_layer_indices)
     if cfg.num_cross_layers:
         lm["cross_layers"] = stack(cfg.cross_layer_indices)
     return dict(params, language_model=lm)
