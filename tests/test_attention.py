@@ -25,7 +25,9 @@ def set_blocks(monkeypatch, budget: int, split_batch: bool = True):
 @pytest.mark.parametrize("budget", [1 << 30, 40_000, 5_000, 1], ids=["one-block", "row-blocks", "query-chunks", "tiny"])
 @pytest.mark.parametrize("split_batch", [True, False], ids=["rows", "whole-batch"])
 @pytest.mark.parametrize("bias_kind", ["full", "keys", "none"])
-def test_blocked_attention_is_exact(monkeypatch, budget, split_batch, bias_kind):
+@pytest.mark.parametrize("layout", [layers.PROJECTED, layers.CACHED], ids=["projected", "cached"])
+def test_blocked_attention_is_exact(monkeypatch, budget, split_batch, bias_kind, layout):
+    """K/V given in either layout (the projections' or the cache's) give the same attention."""
     set_blocks(monkeypatch, budget, split_batch)
     rng = np.random.default_rng(budget % 97)
     b, sq, sk, h, kv, d = 4, 37, 29, 6, 2, 8  # grouped heads; 37 queries split into uneven chunks (padding)
@@ -34,7 +36,8 @@ def test_blocked_attention_is_exact(monkeypatch, budget, split_batch, bias_kind)
     shape = {"full": (b, 1, sq, sk), "keys": (b, 1, 1, sk)}.get(bias_kind)
     bias = None if shape is None else jnp.asarray(np.where(rng.random(shape) < 0.3, BLOCKED, 0.0), jnp.float32)
     expected = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="xla")
-    got = jax.jit(layers.attention)(q, k, v, bias)
+    k, v = layers.to_layout(k, "bskd", layout.k), layers.to_layout(v, "bskd", layout.v)
+    got = jax.jit(layers.attention, static_argnums=(4, 5))(q, k, v, bias, "xla", layout)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 

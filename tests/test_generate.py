@@ -3,6 +3,7 @@ plus the row operations searches use (fork, select, teacher forcing) and input e
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 import llavao1_jax as lj
 from hf_reference import make_batch, saved_hf_model
@@ -198,7 +199,7 @@ def test_sharded_decoding_matches(checkpoint, ours):
         state = inference.prefill(sharded, batch, max_new_tokens=8)
         spec = state.cache.self_k[0].sharding.spec
         out, state = inference.decode(sharded, state, max_new_tokens=6, min_new_tokens=6)
-    assert tuple(spec)[:3] == ("data", None, "tensor")
+    assert tuple(spec)[:2] == ("data", "tensor")
     assert state.cache.cross_k[0].sharding.spec[0] == "data"
     np.testing.assert_array_equal(out.tokens, want)
 
@@ -215,6 +216,18 @@ def test_scanned_model_is_converted_once_with_a_warning(checkpoint, ours):
     assert len([w for w in record if "per-layer" in str(w.message)]) == 1
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(again, want)
+
+
+def test_decoding_sees_updated_parameters(checkpoint):
+    """The engine's prepared form of a model follows parameter updates (as a training step makes them): with a zero
+    LM head every logit ties and greedy decoding picks token 0."""
+    model = lj.load_pretrained(checkpoint[1], scan_layers=False)
+    before = lj.generate(model, text_batch(), max_new_tokens=5).tokens
+    assert (before != 0).any()
+    state = nnx.state(model)
+    state["language_model"]["lm_head"]["kernel"] = jax.numpy.zeros_like(state["language_model"]["lm_head"]["kernel"])
+    nnx.update(model, state)
+    np.testing.assert_array_equal(lj.generate(model, text_batch(), max_new_tokens=5).tokens, 0)
 
 
 @pytest.mark.parametrize("change, message", [

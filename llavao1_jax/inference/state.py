@@ -22,9 +22,9 @@ class DecodeState(NamedTuple):
     All rows share the write slot `index` (a step writes one slot for every row; rows that are finished or skip a
     token write a slot that stays invalid), so rows differ only in `key_valid` and `positions`.
 
-    cache: `KVCache` in the per-layer layout (model/text.py): tuples of per-layer arrays, self K/V
-      [B, max_len, KV, hd], cross K/V [B, KV, hd, vision_tokens] computed once from the images (None for text-only
-      prompts).
+    cache: `KVCache` in the per-layer layout (model/text.py): tuples of per-layer arrays, K [B, KV, hd, length] and
+      V [B, KV, length, hd], with length max_len for self-attention and the number of vision tokens for the cross K/V
+      computed once from the images (None for text-only prompts).
     logits: [B, V] float32 next-token logits.
     key_valid: [B, max_len] bool, the cache slots each row attends to.
     positions: [B] int32, RoPE position of each row's next token (its number of real tokens so far).

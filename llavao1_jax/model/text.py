@@ -24,25 +24,24 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from llavao1_jax.model.config import TextConfig
-from llavao1_jax.model.layers import (REMAT_POLICIES, Linear, RMSNorm, activation, apply_rope, attention, mask_value,
-                                      param, rope_cos_sin, rope_inv_freq, stack_layers)
+from llavao1_jax.model.layers import (CACHED, PROJECTED, REMAT_POLICIES, KVLayout, Linear, RMSNorm, activation,
+                                      apply_rope, attention, mask_value, param, rope_cos_sin, rope_inv_freq,
+                                      stack_layers, to_layout)
 
 
-# Logical axis names of the cache arrays, per layout (see `KVCache`).
-STACKED_CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")  # self or cross K/V of all layers
-SELF_CACHE_AXES = ("batch", "length", "kv_heads", "head_dim")  # one layer's self-attention K or V
-CROSS_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")  # one layer's cross-attention K or V
+# Logical axis names of one layer's cached K and V (layers.CACHED); stacked arrays put "layers" first.
+K_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")
+V_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
 
 
 class KVCache(NamedTuple):
     """Decoding cache: self-attention K/V written one chunk at a time, cross-attention K/V computed once from the
     image features (post k_norm; None for text-only prompts).
 
-    Scanned layout: arrays stacked over the layers of one kind, self [n_self, B, max_len, KV, hd] (sequence-major, so
-    a step writes one contiguous slice per row), cross [n_cross, B, vision_tokens, KV, hd].
-    Per-layer layout: tuples with one array per layer of that kind, in model order; self [B, max_len, KV, hd], cross
-    [B, KV, hd, vision_tokens], the layout the attention dots read (in the layers' [B, N, KV, hd] XLA copies a
-    transposed cross K and V every decode step: 5 ms of a 45 ms step for the mid config at batch 8 on CPU).
+    One layer's K is [B, KV, hd, length] and its V [B, KV, length, hd] (`layers.CACHED`, the layout both attention
+    matmuls read in place), where length is max_len for self-attention and the number of vision tokens for
+    cross-attention. Scanned layout: arrays stacked over the layers of one kind ([n_self, ...], [n_cross, ...]).
+    Per-layer layout: tuples with one array per layer of that kind, in model order.
     """
 
     self_k: Any
@@ -56,38 +55,32 @@ class KVCache(NamedTuple):
 
     def logical_axes(self) -> "KVCache":
         """The cache with every array replaced by the PartitionSpec of its logical axis names."""
-        self_axes = P(*(SELF_CACHE_AXES if self.per_layer else STACKED_CACHE_AXES))
-        cross_axes = P(*(CROSS_CACHE_AXES if self.per_layer else STACKED_CACHE_AXES))
+        stacked = () if self.per_layer else ("layers",)
+        k_axes, v_axes = P(*stacked, *K_CACHE_AXES), P(*stacked, *V_CACHE_AXES)
         return KVCache(*(jax.tree.map(lambda _: axes, part)
-                         for part, axes in zip(self, (self_axes, self_axes, cross_axes, cross_axes))))
+                         for part, axes in zip(self, (k_axes, v_axes, k_axes, v_axes))))
 
 
 def init_cache(cfg: TextConfig, batch_size: int, max_length: int, num_vision_tokens: int = 0, *, dtype,
                scan_layers: bool) -> KVCache:
     """An empty cache (zeros) in the layout of `scan_layers` (see `KVCache`); cross K/V are None for text-only
     prompts (num_vision_tokens = 0), else zeros filled at prefill."""
-    kv, hd = cfg.num_key_value_heads, cfg.head_dim
-    if scan_layers:
-        self_kv = jnp.zeros((cfg.num_self_layers, batch_size, max_length, kv, hd), dtype)
-        cross_kv = jnp.zeros((cfg.num_cross_layers, batch_size, num_vision_tokens, kv, hd), dtype)
-    else:
-        self_kv = tuple(jnp.zeros((batch_size, max_length, kv, hd), dtype) for _ in range(cfg.num_self_layers))
-        cross_kv = tuple(jnp.zeros((batch_size, kv, hd, num_vision_tokens), dtype)
-                         for _ in range(cfg.num_cross_layers))
-    if not num_vision_tokens:
-        cross_kv = None
-    return KVCache(self_kv, self_kv, cross_kv, cross_kv)
+    sizes = dict(b=batch_size, k=cfg.num_key_value_heads, d=cfg.head_dim)
+
+    def arrays(num_layers, length):
+        k_shape, v_shape = ([{**sizes, "s": length}[a] for a in axes] for axes in CACHED)
+        if scan_layers:
+            return (jnp.zeros((num_layers, *k_shape), dtype), jnp.zeros((num_layers, *v_shape), dtype))
+        return (tuple(jnp.zeros(k_shape, dtype) for _ in range(num_layers)),
+                tuple(jnp.zeros(v_shape, dtype) for _ in range(num_layers)))
+
+    cross_kv = arrays(cfg.num_cross_layers, num_vision_tokens) if num_vision_tokens else (None, None)
+    return KVCache(*arrays(cfg.num_self_layers, max_length), *cross_kv)
 
 
-def to_layer(a: jax.Array) -> jax.Array:
-    """Per-layer cross K/V from the cache layout [B, KV, hd, N] to the layers' [B, N, KV, hd] (a transpose XLA folds
-    into the attention dots, which read exactly the cache layout)."""
-    return a.transpose(0, 3, 1, 2)
-
-
-def to_cache(a: jax.Array) -> jax.Array:
-    """The layers' [B, N, KV, hd] to the per-layer cross cache layout [B, KV, hd, N]."""
-    return a.transpose(0, 2, 3, 1)
+def to_cache(k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """K and V from the projections' layout to the cache's (`layers.CACHED`)."""
+    return to_layout(k, PROJECTED.k, CACHED.k), to_layout(v, PROJECTED.v, CACHED.v)
 
 
 class CrossInputs(NamedTuple):
@@ -137,8 +130,8 @@ class AttentionProjections(nnx.Module):
         shape = (*x.shape[:2], self.num_kv_heads, self.head_dim)
         return self.k_proj(x).reshape(shape), self.v_proj(x).reshape(shape)
 
-    def attend(self, q, k, v, bias):
-        return attention(q, k.astype(q.dtype), v.astype(q.dtype), bias, self.attention_impl)
+    def attend(self, q, k, v, bias, layout: KVLayout = PROJECTED):
+        return attention(q, k.astype(q.dtype), v.astype(q.dtype), bias, self.attention_impl, layout)
 
     def output(self, a):
         return self.o_proj(a.reshape(*a.shape[:2], -1))
@@ -155,16 +148,21 @@ class SelfAttentionLayer(nnx.Module):
         self.mlp = MLP(cfg, dtype=dtype, **kw)
 
     def __call__(self, x, cos, sin, bias, cache_kv=None, cache_index=None):
-        """x [B, S, D]; bias additive [B, 1, S, keys]. With `cache_kv` ([B, L, KV, hd] each) the new K/V are
-        written at `cache_index` and attention runs over the whole cache. Returns (x, (k, v))."""
+        """x [B, S, D]; bias additive [B, 1, S, keys]. With `cache_kv` (one layer's K and V in `layers.CACHED`
+        layout) the new K/V are written at `cache_index` and attention runs over the whole cache. Returns (x, (k, v)),
+        K/V in the cache layout with a cache, else as projected."""
         h = self.input_layernorm(x)
         q = apply_rope(self.self_attn.query(h), cos, sin)
         k, v = self.self_attn.keys_values(h)
         k = apply_rope(k, cos, sin)
+        layout = PROJECTED
         if cache_kv is not None:
-            k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k.astype(cache_kv[0].dtype), cache_index, axis=1)
-            v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v.astype(cache_kv[1].dtype), cache_index, axis=1)
-        x = x + self.self_attn.output(self.self_attn.attend(q, k, v, bias))
+            layout = CACHED
+            k_axis, v_axis = CACHED.position_axis()
+            k, v = to_cache(k.astype(cache_kv[0].dtype), v.astype(cache_kv[1].dtype))
+            k = jax.lax.dynamic_update_slice_in_dim(cache_kv[0], k, cache_index, axis=k_axis)
+            v = jax.lax.dynamic_update_slice_in_dim(cache_kv[1], v, cache_index, axis=v_axis)
+        x = x + self.self_attn.output(self.self_attn.attend(q, k, v, bias, layout))
         return x + self.mlp(self.post_attention_layernorm(x)), (k, v)
 
 
@@ -189,10 +187,11 @@ class CrossAttentionLayer(nnx.Module):
         k, v = self.cross_attn.keys_values(states)
         return self.k_norm(k), v
 
-    def __call__(self, x, k, v, bias, row_mask):
+    def __call__(self, x, k, v, bias, row_mask, layout: KVLayout = PROJECTED):
+        """x [B, S, D]; k, v from `keys_values` (PROJECTED) or a cache (CACHED); bias [B, 1, S, N]."""
         h = self.input_layernorm(x)
         q = self.q_norm(self.cross_attn.query(h))
-        a = self.cross_attn.attend(q, k, v, bias)
+        a = self.cross_attn.attend(q, k, v, bias, layout)
         if self.meta_row_mask:
             a = a * row_mask[..., None].astype(a.dtype)
         x = x + jnp.tanh(self.cross_attn_attn_gate[...]).astype(x.dtype) * self.cross_attn.output(a)
@@ -300,7 +299,7 @@ class TextDecoder(nnx.Module):
     def _layer_steps(self, cos, sin, self_bias, cross, cache_index):
         """The per-layer bodies both layouts run, `step(graphdef, h, layer_state, kv) -> (h, (k, v))` (remat-wrapped
         by the config's policy): self layers write `kv` (their cache or None) at `cache_index`; cross layers use the
-        given K/V [B, N, KV, hd] or, with kv None, compute them from `cross.states`."""
+        given cached K/V or, with kv None, compute them from `cross.states`, and return them in the cache layout."""
         remat = (lambda f: f) if self.remat == "none" else (
             lambda f: jax.checkpoint(f, policy=REMAT_POLICIES[self.remat], prevent_cse=False, static_argnums=0))
 
@@ -311,8 +310,10 @@ class TextDecoder(nnx.Module):
         @remat
         def cross_step(graphdef, h, layer_state, kv):
             layer = nnx.merge(graphdef, layer_state)
-            k, v = layer.keys_values(cross.states) if kv is None else kv
-            return layer(h, k, v, cross.bias, cross.row_mask), (k, v)
+            if kv is not None:
+                return layer(h, *kv, cross.bias, cross.row_mask, CACHED), kv
+            k, v = layer.keys_values(cross.states)
+            return layer(h, k, v, cross.bias, cross.row_mask), to_cache(k, v)
 
         return self_step, cross_step
 
@@ -331,10 +332,10 @@ class TextDecoder(nnx.Module):
                 si += 1
                 continue
             if cross is not None:
-                kv = None if computing else (to_layer(cross.k[ci]), to_layer(cross.v[ci]))
-                x, (k, v) = cross_step(graphdef, x, state, kv)
+                kv = None if computing else (cross.k[ci], cross.v[ci])
+                x, kv = cross_step(graphdef, x, state, kv)
                 if computing:
-                    cross_kv.append((to_cache(k.astype(self.dtype)), to_cache(v.astype(self.dtype))))
+                    cross_kv.append(kv)
             ci += 1
         if cache is None:
             return x, None
