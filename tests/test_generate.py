@@ -127,6 +127,25 @@ def test_fork_continues_each_prefix(ours):
     assert (inference.decode(ours, fresh, **options)[0].tokens != sampled.tokens).any()  # a new round of samples
 
 
+def test_forked_copies_share_the_image_rows(ours):
+    """Copies of a prefix share its cross K/V row through forks of forks, teacher forcing and decoding; selecting rows
+    gives each its own again."""
+    batch = image_batch()
+    greedy = lj.generate(ours, batch, max_new_tokens=6, min_new_tokens=6)
+    greedy, logprobs = greedy.tokens, greedy.logprobs
+    prefix = lambda: inference.prefill(ours, batch, max_new_tokens=16)
+    twice = inference.fork(inference.fork(prefix(), 3), 2)
+    assert twice.batch_size == 12 and twice.copies == 6 and twice.cache.cross_k[0].shape[0] == 2
+    forced = inference.append_tokens(ours, twice, np.repeat(greedy[:, :2], 6, axis=0))
+    out, _ = inference.decode(ours, forced, max_new_tokens=4, min_new_tokens=4)
+    np.testing.assert_array_equal(out.tokens, np.repeat(greedy[:, 2:], 6, axis=0))
+    picked = inference.select_rows(inference.fork(prefix(), 3), np.array([4, 0, 2]))
+    assert picked.copies == 1 and picked.cache.cross_k[0].shape[0] == 3
+    out, _ = inference.decode(ours, picked, max_new_tokens=6, min_new_tokens=6)
+    np.testing.assert_array_equal(out.tokens, greedy[[1, 0, 0]])
+    np.testing.assert_allclose(out.logprobs, logprobs[[1, 0, 0]], rtol=1e-5)  # each row read its own image
+
+
 def test_select_and_append_continue_a_chosen_candidate(ours):
     """A search keeps candidate 1 of 2 (select_rows) or teacher-forces its tokens (append_tokens) onto the prefix;
     both continue exactly like one generation of the whole length."""

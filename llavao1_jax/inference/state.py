@@ -24,7 +24,8 @@ class DecodeState(NamedTuple):
 
     cache: `KVCache` in the per-layer layout (model/text.py): tuples of per-layer arrays, K [B, KV, hd, length] and
       V [B, KV, length, hd], with length max_len for self-attention and the number of vision tokens for the cross K/V
-      computed once from the images (None for text-only prompts).
+      computed once from the images (None for text-only prompts). The cross K/V may have fewer rows, B / copies:
+      after `fork`, the `copies` consecutive rows of one prefix share their image's row (`image_rows`).
     logits: [B, V] float32 next-token logits.
     key_valid: [B, max_len] bool, the cache slots each row attends to.
     positions: [B] int32, RoPE position of each row's next token (its number of real tokens so far).
@@ -49,6 +50,16 @@ class DecodeState(NamedTuple):
     @property
     def max_length(self) -> int:
         return self.key_valid.shape[1]
+
+    @property
+    def copies(self) -> int:
+        """How many consecutive rows share one row of the cross K/V (1 unless forked; 1 without images)."""
+        cross = self.cache.cross_k
+        return 1 if cross is None else self.batch_size // cross[0].shape[0]
+
+    def image_rows(self, rows: jax.Array) -> jax.Array:
+        """The cross K/V row that each of `rows` reads."""
+        return rows // self.copies
 
     def logical_axes(self) -> "DecodeState":
         """Logical axis names of every array, as PartitionSpecs of logical names (see sharding.py)."""
@@ -83,21 +94,30 @@ def row_keys(seed: int, batch: int) -> jax.Array:
     return jax.vmap(lambda r: jax.random.fold_in(jax.random.PRNGKey(seed), r))(jnp.arange(batch))
 
 
-def _take_rows(state: DecodeState, rows) -> DecodeState:
-    return jax.tree.map(lambda a: a if a.ndim == 0 else a[rows], state)  # every array but `index` is batch-major
+def _take_rows(state: DecodeState, rows, image_rows) -> DecodeState:
+    """Rows `rows` of every batch-major array (all but `index`), and rows `image_rows` of the cross K/V."""
+    cache = state.cache
+    cross = jax.tree.map(lambda a: a[image_rows], (cache.cross_k, cache.cross_v))
+    state = state._replace(cache=cache._replace(cross_k=None, cross_v=None))
+    out = jax.tree.map(lambda a: a if a.ndim == 0 else a[rows], state)
+    return out._replace(cache=out.cache._replace(cross_k=cross[0], cross_v=cross[1]))
 
 
 @jax.jit
 def select_rows(state: DecodeState, rows: jax.Array) -> DecodeState:
     """The prefixes `state[rows]` (rows [n] int, repeats allowed), keys unchanged: e.g. keep a search's winner.
 
-    The cache rows are copied; the source state stays valid."""
-    return _take_rows(state, jnp.asarray(rows))
+    The cache rows are copied (cross K/V rows too: the result's rows share nothing); the source state stays valid."""
+    rows = jnp.asarray(rows)
+    return _take_rows(state, rows, state.image_rows(rows))
 
 
 def fork(state: DecodeState, n: int) -> DecodeState:
     """Each row repeated `n` times in place ([r0 x n, r1 x n, ...]): `n` candidates per prefix that share the prompt
-    and image work already done (cache rows, cross K/V included, are copied, nothing is recomputed).
+    and image work already done; the result is independent of `state`. Self-attention cache rows are copied per
+    copy, the cross K/V once per prefix: the copies of a prefix share its image's row (the cross-attention layers run
+    them as extra queries of that row), which saves about 210 MB per copy for the 11B model in bfloat16 and lets a
+    step read each prefix's image K/V once.
     Copy c of a row gets the key fold_in(row key, c), so the copies sample differently."""
     if n < 1:
         raise ValueError(f"fork needs n >= 1, got {n}")
@@ -106,7 +126,8 @@ def fork(state: DecodeState, n: int) -> DecodeState:
 
 @functools.partial(jax.jit, static_argnums=1)
 def _fork(state: DecodeState, n: int) -> DecodeState:
-    out = _take_rows(state, jnp.repeat(jnp.arange(state.batch_size), n))
+    image_rows = None if state.cache.cross_k is None else jnp.arange(state.cache.cross_k[0].shape[0])
+    out = _take_rows(state, jnp.repeat(jnp.arange(state.batch_size), n), image_rows)
     copies = jnp.tile(jnp.arange(n), state.batch_size)
     return out._replace(keys=jax.vmap(jax.random.fold_in)(out.keys, copies))
 

@@ -188,10 +188,19 @@ class CrossAttentionLayer(nnx.Module):
         return self.k_norm(k), v
 
     def __call__(self, x, k, v, bias, row_mask, layout: KVLayout = PROJECTED):
-        """x [B, S, D]; k, v from `keys_values` (PROJECTED) or a cache (CACHED); bias [B, 1, S, N]."""
+        """x [B, S, D]; k, v from `keys_values` (PROJECTED) or a cache (CACHED); bias [B, 1, S, N].
+
+        K/V may have fewer rows than x, B / c: each then serves c consecutive rows of x (the copies of a forked
+        prefix), which attend as c * S queries of that row."""
         h = self.input_layernorm(x)
         q = self.q_norm(self.cross_attn.query(h))
-        a = self.cross_attn.attend(q, k, v, bias, layout)
+        b, s = q.shape[:2]
+        rows = k.shape[0]
+        if b % rows:
+            raise ValueError(f"cross-attention K/V rows ({rows}) must divide the batch ({b})")
+        bias = jnp.broadcast_to(bias, (b, 1, s, bias.shape[-1])).reshape(rows, 1, b // rows * s, -1)
+        a = self.cross_attn.attend(q.reshape(rows, b // rows * s, *q.shape[2:]), k, v, bias, layout)
+        a = a.reshape(b, s, *a.shape[2:])
         if self.meta_row_mask:
             a = a * row_mask[..., None].astype(a.dtype)
         x = x + jnp.tanh(self.cross_attn_attn_gate[...]).astype(x.dtype) * self.cross_attn.output(a)
