@@ -221,6 +221,10 @@ def test_sharded_decoding_matches(checkpoint, ours):
     assert tuple(spec)[:2] == ("data", "tensor")
     assert state.cache.cross_k[0].sharding.spec[0] == "data"
     np.testing.assert_array_equal(out.tokens, want)
+    with jax.set_mesh(mesh):  # copies sharing their image rows across the data shards
+        forked = inference.fork(inference.prefill(sharded, batch, max_new_tokens=8), 2)
+        out, _ = inference.decode(sharded, forked, max_new_tokens=6, min_new_tokens=6)
+    np.testing.assert_array_equal(out.tokens, np.repeat(want, 2, axis=0))
 
 
 def test_scanned_model_is_converted_once_with_a_warning(checkpoint, ours):
