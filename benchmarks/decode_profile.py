@@ -1,12 +1,13 @@
 """Where a decode step's time goes: the XLA ops of our decode loop, timed by the profiler, per step.
 
-    python benchmarks/decode_profile.py [--batch 8] [--steps 64] [--top 12]
+    python benchmarks/decode_profile.py [--batch 8] [--steps 64] [--room 0] [--top 12]
 
 The model and prompts of benchmarks/generate.py (mid config, float32, one 4-tile image, 64-token prompt). One
-prefill, then `--steps` greedy steps in one decode call under `jax.profiler`; each XLA op's time is summed over the
-steps and divided by their number, and named by its output shape and the operation it came from. Ops on the two CPU
-threads may overlap, so the op times can add up to a little more than the step. Groups: the LM head (the op whose
-output is [batch, vocab]), the other matmuls (dots and the matmul library's fusions, reductions included), the rest.
+prefill (with `--room` cache slots beyond the steps, for a longer cache), then `--steps` greedy steps in one decode
+call under `jax.profiler`; each XLA op's time is summed over the steps and divided by their number, and named by its
+output shape and the operation it came from. Ops on the two CPU threads may overlap, so the op times can add up to a
+little more than the step. Groups: the LM head (the op whose output is [batch, vocab]), the other matmuls (dots and
+the matmul library's fusions, reductions included), the rest.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--room", type=int, default=0, help="extra cache slots (a longer self-attention cache)")
     parser.add_argument("--top", type=int, default=12)
     args = parser.parse_args()
 
@@ -71,7 +73,7 @@ def main():
     options = dict(max_new_tokens=args.steps, min_new_tokens=args.steps)
 
     def decoder():
-        state = inference.prefill(model, batch, max_new_tokens=args.steps)
+        state = inference.prefill(model, batch, max_new_tokens=args.steps + args.room)
         return inference.Decoder(model, jax.block_until_ready(state), **options)
 
     warm = decoder()
@@ -99,8 +101,9 @@ def main():
     grouped = {"LM head": head, "other matmuls": matmul,
                "rest": [n for n in per_step if n not in head and n not in matmul]}
 
-    print(f"mid config, float32, batch {args.batch}, {jax.devices()[0].platform}: {step_ms:.1f} ms per decode step "
-          f"(op times add up to {sum(per_step.values()):.1f} ms)")
+    print(f"mid config, float32, batch {args.batch}, cache of {warm.state.max_length} slots, "
+          f"{jax.devices()[0].platform}: {step_ms:.1f} ms per decode step (op times add up to "
+          f"{sum(per_step.values()):.1f} ms)")
     print("  " + " | ".join(f"{group} {sum(per_step[n] for n in names):.1f} ms" for group, names in grouped.items()))
     print(f"\n{'ms/step':>8}  {'op':<16} {'output':<22} {'opcode':<7} source")
     for name, ms in sorted(per_step.items(), key=lambda item: -item[1])[:args.top]:
