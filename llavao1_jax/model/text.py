@@ -29,9 +29,10 @@ from llavao1_jax.model.layers import (CACHED, PROJECTED, REMAT_POLICIES, KVLayou
                                       stack_layers, to_layout)
 
 
-# Logical axis names of one layer's cached K and V (layers.CACHED); stacked arrays put "layers" first.
-K_CACHE_AXES = ("batch", "kv_heads", "head_dim", "length")
-V_CACHE_AXES = ("batch", "kv_heads", "length", "head_dim")
+# Logical axis names of one layer's cached K and V, in the order of layers.CACHED; stacked arrays put "layers" first.
+_LOGICAL_NAMES = {"b": "batch", "k": "kv_heads", "d": "head_dim", "s": "length"}
+K_CACHE_AXES = tuple(_LOGICAL_NAMES[a] for a in CACHED.k)
+V_CACHE_AXES = tuple(_LOGICAL_NAMES[a] for a in CACHED.v)
 
 
 class KVCache(NamedTuple):
