@@ -122,13 +122,11 @@ def relayout(model: Mllama, scan_layers: bool, *, rules=DEFAULT_RULES) -> Mllama
 def _unstack_text_layers(cfg, params: dict) -> dict:
     """Pure-dict parameters, scanned layout -> per-layer layout (`language_model.layers.{i}`)."""
     lm = dict(params["language_model"])
-    stacks = {"self": lm.pop("self_layers"), "cross": lm.pop("cross_layers", None)}
-    counts = {"self": 0, "cross": 0}
-    lm["layers"] = {}
-    for i in range(cfg.num_hidden_layers):
-        kind = "cross" if i in cfg.cross_layer_indices else "self"
-        lm["layers"][i] = jax.tree.map(lambda a: a[counts[kind]], stacks[kind])
-        counts[kind] += 1
+    layers = {}
+    for name, indices in (("self_layers", cfg.self_layer_indices), ("cross_layers", cfg.cross_layer_indices)):
+        stack = lm.pop(name, None)
+        layers.update({i: jax.tree.map(lambda a, n=n: a[n], stack) for n, i in enumerate(indices)})
+    lm["layers"] = {i: layers[i] for i in range(cfg.num_hidden_layers)}
     return dict(params, language_model=lm)
 
 
