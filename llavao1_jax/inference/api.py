@@ -22,6 +22,7 @@ from llavao1_jax.inference.stop_strings import for_tokenizer, initial_state
 from llavao1_jax.inference.sampling import SamplingConfig
 from llavao1_jax.inference.state import FINISH_REASONS, RUNNING, DecodeState, Generation, row_keys
 from llavao1_jax.model.mllama import INPUT_NAMES, validate_inputs
+from llavao1_jax.util import round_up
 
 ROOM_MULTIPLE = 64
 PROMPT_INPUTS = tuple(n for n in INPUT_NAMES if n != "position_ids")
@@ -33,11 +34,7 @@ def bucket_length(n: int) -> int:
     if n <= 32:
         return 1 << (n - 1).bit_length()
     step = (1 << (n - 1).bit_length()) // 4
-    return -(-n // step) * step
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+    return round_up(n, step)
 
 
 def _per_row(name: str, value, batch: int) -> np.ndarray:
@@ -91,7 +88,7 @@ def prefill(model, batch: dict, *, max_new_tokens: int, seed: int = 0) -> Decode
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     inputs = prompt_inputs(model.config, batch)
     b, s = inputs["input_ids"].shape
-    return engine.prefill(*prepare(model), inputs, row_keys(seed, b), s + _round_up(max_new_tokens, ROOM_MULTIPLE))
+    return engine.prefill(*prepare(model), inputs, row_keys(seed, b), s + round_up(max_new_tokens, ROOM_MULTIPLE))
 
 
 def append_tokens(model, state: DecodeState, tokens, mask=None) -> DecodeState:
@@ -107,7 +104,7 @@ def append_tokens(model, state: DecodeState, tokens, mask=None) -> DecodeState:
     mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask).astype(bool)
     if mask.shape != tokens.shape:
         raise ValueError(f"mask shape {mask.shape} differs from tokens shape {tokens.shape}")
-    rows = model.config.text.vocab_size + 8
+    rows = model.config.text.embedding_rows
     if tokens.size and (tokens.min() < 0 or tokens.max() >= rows):
         raise ValueError(f"token ids must lie in [0, {rows}), got {tokens.min()}..{tokens.max()}")
     pad = bucket_length(tokens.shape[1]) - tokens.shape[1]
@@ -155,7 +152,7 @@ def make_stopping(model, stop_token_ids, strings: Sequence[str], tokenizer, min_
     if min_new_tokens < 0:
         raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
     tables = for_tokenizer(tokenizer, text.vocab_size, tuple(strings))
-    padded = ids + (text.vocab_size,) * (_round_up(len(ids), 8) - len(ids))  # never sampled: one shape for <= 8 ids
+    padded = ids + (text.vocab_size,) * (round_up(len(ids), 8) - len(ids))  # never sampled: one shape for <= 8 ids
     return engine.Stopping(jnp.asarray(padded, jnp.int32).reshape(-1), tables, jnp.asarray(min_new_tokens, jnp.int32))
 
 
@@ -183,7 +180,7 @@ class Decoder:
                              "with a larger max_new_tokens")
         self.decoding_model = prepare(model)
         self.num_tokens = int(max_new.max())
-        t = _round_up(self.num_tokens, ROOM_MULTIPLE)
+        t = round_up(self.num_tokens, ROOM_MULTIPLE)
         self.state = state
         self.gen = Generation(tokens=jnp.zeros((b, t), jnp.int32), logprobs=jnp.zeros((b, t), jnp.float32),
                               lengths=jnp.zeros(b, jnp.int32), finish=jnp.zeros(b, jnp.int32),

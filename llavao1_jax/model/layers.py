@@ -12,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from llavao1_jax.util import ceil_div
+
 Axes = tuple[Optional[str], ...]
 
 ACTIVATIONS: dict[str, Callable] = {
@@ -149,8 +151,8 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array
         return _exact_attention(q, k, v, bias, layout)
     rows = b if not split_batch else max(r for r in range(1, b + 1)
                                          if b % r == 0 and (r == 1 or r * row_bytes <= budget))
-    chunks = min(-(-rows * row_bytes // budget), sq)
-    size = -(-sq // chunks)
+    chunks = min(ceil_div(rows * row_bytes, budget), sq)
+    size = ceil_div(sq, chunks)
     pad = chunks * size - sq
     q = jnp.pad(q, ((0, 0), (0, pad), (0, 0), (0, 0)))
     if bias.shape[2] > 1:

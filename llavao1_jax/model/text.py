@@ -266,8 +266,7 @@ class TextDecoder(nnx.Module):
         self.remat = remat
         self.scan_layers = scan_layers
         kw = dict(param_dtype=param_dtype, dtype=dtype)
-        # 8 extra rows: <|image|> (= vocab_size) and 7 more learnable embeddings from Meta's checkpoint.
-        self.embed_tokens = param(rngs, (cfg.vocab_size + 8, cfg.hidden_size), ("vocab", "embed"), param_dtype)
+        self.embed_tokens = param(rngs, (cfg.embedding_rows, cfg.hidden_size), ("vocab", "embed"), param_dtype)
         make_self = lambda r: SelfAttentionLayer(cfg, attention_impl, rngs=r, **kw)
         make_cross = lambda r: CrossAttentionLayer(cfg, meta_row_mask, attention_impl, rngs=r, **kw)
         if scan_layers:
