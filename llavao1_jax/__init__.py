@@ -15,6 +15,7 @@ _EXPORTS = {
     # processor
     "Processor": "llavao1_jax.processor",
     # inference
+    "Generator": "llavao1_jax.inference",
     "generate": "llavao1_jax.inference",
 }
 

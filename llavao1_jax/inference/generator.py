@@ -1,8 +1,10 @@
-"""Host-side entry points: validate inputs, bucket shapes, call the jitted engine, return numpy results.
+"""`Generator`: a model prepared once for decoding, and the host-side calls of the jitted engine on it (validate
+inputs, bucket shapes, return numpy results).
 
-`generate` is the one-call API. Searches use the pieces: `prefill` a batch of prompts once, `fork` each prefix into
-candidates (state.py), `decode` them with stop strings, keep rows with `select_rows` or teacher-force a chosen
-continuation / a judge prompt with `append_tokens`, and `decode` again from there.
+`generate(model, batch)` is the one-call API; it builds a `Generator` per call. Searches and evaluations build one
+`Generator` and use the pieces: `prefill` a batch of prompts once, `fork` each prefix into candidates (state.py),
+`decode` them with stop strings, keep rows with `select_rows` or teacher-force a chosen continuation / a judge
+prompt with `append_tokens`, and `decode` again from there.
 
 Shapes are bucketed so that calls of similar sizes share compilations: prompt lengths by `bucket_length`, cache
 room and output buffers to multiples of 64, stop-string tables to powers of two.
@@ -21,7 +23,7 @@ from llavao1_jax.inference.decoding_model import prepare
 from llavao1_jax.inference.stop_strings import for_tokenizer, initial_state
 from llavao1_jax.inference.sampling import SamplingConfig
 from llavao1_jax.inference.state import FINISH_REASONS, RUNNING, DecodeState, Generation, row_keys
-from llavao1_jax.model.mllama import INPUT_NAMES, validate_inputs
+from llavao1_jax.model.mllama import INPUT_NAMES, Mllama, validate_inputs
 from llavao1_jax.util import round_up
 
 ROOM_MULTIPLE = 64
@@ -44,7 +46,7 @@ def _per_row(name: str, value, batch: int) -> np.ndarray:
     return values.astype(np.int32)
 
 
-# ----------------------------------------------------------------------------------------------------- prefill
+# ----------------------------------------------------------------------------------------------------- inputs
 def prompt_inputs(config, batch: dict) -> dict:
     """Validated model inputs from a processor dict, left-padded to `bucket_length` of the prompt length."""
     if not isinstance(batch, dict) and not hasattr(batch, "keys"):
@@ -73,50 +75,7 @@ def prompt_inputs(config, batch: dict) -> dict:
     return validate_inputs(config, inputs)
 
 
-def prefill(model, batch: dict, *, max_new_tokens: int, seed: int = 0) -> DecodeState:
-    """Runs a batch of prompts (images and text) once and returns the state to decode from.
-
-    Args:
-      model: an `Mllama`, best in the per-layer layout (`scan_layers=False`; a scanned model is converted once,
-        with a warning).
-      batch: the processor's dict (input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
-        cross_attention_mask) or transformers' processor output; any padding side.
-      max_new_tokens: cache room after the prompt, for generated and appended tokens (rounded up to 64).
-      seed: per-row keys are fold_in(PRNGKey(seed), row).
-    """
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    inputs = prompt_inputs(model.config, batch)
-    b, s = inputs["input_ids"].shape
-    return engine.prefill(*prepare(model), inputs, row_keys(seed, b), s + round_up(max_new_tokens, ROOM_MULTIPLE))
-
-
-def append_tokens(model, state: DecodeState, tokens, mask=None) -> DecodeState:
-    """Teacher forcing: feeds `tokens` [B, S] (e.g. a chosen continuation, a judge prompt) after each row's prefix.
-
-    mask [B, S] (default all 1) marks the real tokens, so rows may append different lengths (pad anywhere). The
-    next-token logits become those after each row's last real token. `state` is consumed (its buffers are donated);
-    copy rows first with `select_rows`/`fork` to keep it.
-    """
-    tokens = np.asarray(tokens)
-    if tokens.ndim != 2 or tokens.shape[0] != state.batch_size or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"tokens must be integer [batch={state.batch_size}, seq], got {tokens.dtype} {tokens.shape}")
-    mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask).astype(bool)
-    if mask.shape != tokens.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from tokens shape {tokens.shape}")
-    rows = model.config.text.embedding_rows
-    if tokens.size and (tokens.min() < 0 or tokens.max() >= rows):
-        raise ValueError(f"token ids must lie in [0, {rows}), got {tokens.min()}..{tokens.max()}")
-    pad = bucket_length(tokens.shape[1]) - tokens.shape[1]
-    tokens, mask = np.pad(tokens, [(0, 0), (0, pad)]), np.pad(mask, [(0, 0), (0, pad)])
-    room = state.max_length - int(state.index)
-    if tokens.shape[1] > room:
-        raise ValueError(f"the cache has room for {room} more slots, appending needs {tokens.shape[1]} "
-                         f"({tokens.shape[1] - pad} padded to {tokens.shape[1]}); prefill with a larger max_new_tokens")
-    return engine.append(*prepare(model), state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask))
-
-
-# ------------------------------------------------------------------------------------------------------ decode
+# ------------------------------------------------------------------------------------------------------ results
 @dataclasses.dataclass
 class GenerationResult:
     """What a generation produced (numpy, on the host).
@@ -138,9 +97,9 @@ class GenerationResult:
     texts: Optional[list[str]] = None
 
 
-def make_stopping(model, stop_token_ids, strings: Sequence[str], tokenizer, min_new_tokens: int):
+def make_stopping(config, stop_token_ids, strings: Sequence[str], tokenizer, min_new_tokens: int):
     """Device stop criteria: stop_token_ids None -> the config's eos ids, () -> none."""
-    text = model.config.text
+    text = config.text
     ids = tuple(text.eos_token_id) if stop_token_ids is None else tuple(int(i) for i in stop_token_ids)
     bad = [i for i in ids if not 0 <= i < text.vocab_size]
     if bad:
@@ -156,6 +115,80 @@ def make_stopping(model, stop_token_ids, strings: Sequence[str], tokenizer, min_
     return engine.Stopping(jnp.asarray(padded, jnp.int32).reshape(-1), tables, jnp.asarray(min_new_tokens, jnp.int32))
 
 
+# ---------------------------------------------------------------------------------------------------- generator
+class Generator:
+    """A model prepared for decoding, with the engine's calls on it. Build one per model and reuse it.
+
+    Building it takes the model in the per-layer layout (a scanned model is converted: a copy of its text weights,
+    with a warning; load with `scan_layers=False` to avoid it) and, on CPU, a [vocab, hidden] copy of the LM head.
+    It holds the arrays it was built with: after the model's parameters change (a training step, `nnx.update`),
+    build a new one. The jitted engine functions are shared by every `Generator`; each compiles once per shape
+    bucket and model structure.
+    """
+
+    def __init__(self, model: Mllama):
+        if not isinstance(model, Mllama):
+            raise TypeError(f"Generator takes an Mllama model, got {type(model).__name__}")
+        self.config = model.config
+        self.decoding_model = prepare(model)
+
+    def prefill(self, batch: dict, *, max_new_tokens: int, seed: int = 0) -> DecodeState:
+        """Runs a batch of prompts (images and text) once and returns the state to decode from.
+
+        Args:
+          batch: the processor's dict (input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
+            cross_attention_mask) or transformers' processor output; any padding side.
+          max_new_tokens: cache room after the prompt, for generated and appended tokens (rounded up to 64).
+          seed: per-row keys are fold_in(PRNGKey(seed), row).
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        inputs = prompt_inputs(self.config, batch)
+        b, s = inputs["input_ids"].shape
+        return engine.prefill(*self.decoding_model, inputs, row_keys(seed, b),
+                              s + round_up(max_new_tokens, ROOM_MULTIPLE))
+
+    def append_tokens(self, state: DecodeState, tokens, mask=None) -> DecodeState:
+        """Teacher forcing: feeds `tokens` [B, S] (e.g. a chosen continuation, a judge prompt) after each row's prefix.
+
+        mask [B, S] (default all 1) marks the real tokens, so rows may append different lengths (pad anywhere). The
+        next-token logits become those after each row's last real token. `state` is consumed (its buffers are
+        donated); copy rows first with `select_rows`/`fork` to keep it.
+        """
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2 or tokens.shape[0] != state.batch_size or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"tokens must be integer [batch={state.batch_size}, seq], got {tokens.dtype} "
+                             f"{tokens.shape}")
+        mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask).astype(bool)
+        if mask.shape != tokens.shape:
+            raise ValueError(f"mask shape {mask.shape} differs from tokens shape {tokens.shape}")
+        rows = self.config.text.embedding_rows
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= rows):
+            raise ValueError(f"token ids must lie in [0, {rows}), got {tokens.min()}..{tokens.max()}")
+        pad = bucket_length(tokens.shape[1]) - tokens.shape[1]
+        tokens, mask = np.pad(tokens, [(0, 0), (0, pad)]), np.pad(mask, [(0, 0), (0, pad)])
+        room = state.max_length - int(state.index)
+        if tokens.shape[1] > room:
+            raise ValueError(f"the cache has room for {room} more slots, appending needs {tokens.shape[1]} "
+                             f"({tokens.shape[1] - pad} padded to {tokens.shape[1]}); prefill with a larger "
+                             "max_new_tokens")
+        return engine.append(*self.decoding_model, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask))
+
+    def decode(self, state: DecodeState, **options) -> tuple[GenerationResult, DecodeState]:
+        """Generates from `state` to the end (`Decoder` options: max_new_tokens, do_sample, temperature, top_p, top_k,
+        min_new_tokens, stop_token_ids, stop_strings, processor). Returns the result and the state after it; `state`
+        is consumed."""
+        decoder = Decoder(self, state, **options)
+        decoder.run()
+        return decoder.result(), decoder.state
+
+    def generate(self, batch: dict, *, max_new_tokens: Union[int, Sequence[int]] = 256, seed: int = 0,
+                 **options) -> GenerationResult:
+        """Generates continuations of a batch of prompts: `prefill`, then `decode` (see `generate`)."""
+        state = self.prefill(batch, max_new_tokens=int(np.max(max_new_tokens)), seed=seed)
+        return self.decode(state, max_new_tokens=max_new_tokens, **options)[0]
+
+
 class Decoder:
     """One generation in progress from a `DecodeState`: `run()` to the end, or `run(k)` repeatedly to stream.
 
@@ -163,22 +196,22 @@ class Decoder:
     includes each row's generated tokens (its stop token too) and can be decoded from again.
     """
 
-    def __init__(self, model, state: DecodeState, *, max_new_tokens: Union[int, Sequence[int]] = 256,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
-                 min_new_tokens: int = 0, stop_token_ids: Optional[Sequence[int]] = None,
-                 stop_strings: Sequence[str] = (), processor=None):
+    def __init__(self, generator: Generator, state: DecodeState, *,
+                 max_new_tokens: Union[int, Sequence[int]] = 256, do_sample: bool = False, temperature: float = 1.0,
+                 top_p: float = 1.0, top_k: int = 0, min_new_tokens: int = 0,
+                 stop_token_ids: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), processor=None):
         b = state.batch_size
         max_new = _per_row("max_new_tokens", max_new_tokens, b)
         if max_new.min() < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.sampling = SamplingConfig(do_sample, temperature, top_p, top_k)
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.stopping = make_stopping(model, stop_token_ids, stop_strings, self.tokenizer, min_new_tokens)
+        self.stopping = make_stopping(generator.config, stop_token_ids, stop_strings, self.tokenizer, min_new_tokens)
         room = state.max_length - int(state.index)
         if max_new.max() > room:
             raise ValueError(f"max_new_tokens {int(max_new.max())} exceeds the cache's room ({room} slots); prefill "
                              "with a larger max_new_tokens")
-        self.decoding_model = prepare(model)
+        self.decoding_model = generator.decoding_model
         self.num_tokens = int(max_new.max())
         t = round_up(self.num_tokens, ROOM_MULTIPLE)
         self.state = state
@@ -209,24 +242,16 @@ class Decoder:
                                 texts=texts)
 
 
-def decode(model, state: DecodeState, **options) -> tuple[GenerationResult, DecodeState]:
-    """Generates from `state` to the end (`Decoder` options: max_new_tokens, do_sample, temperature, top_p, top_k,
-    min_new_tokens, stop_token_ids, stop_strings, processor). Returns the result and the state after it; `state` is
-    consumed."""
-    decoder = Decoder(model, state, **options)
-    decoder.run()
-    return decoder.result(), decoder.state
-
-
-def generate(model, batch: dict, *, max_new_tokens: Union[int, Sequence[int]] = 256, do_sample: bool = False,
+def generate(model: Mllama, batch: dict, *, max_new_tokens: Union[int, Sequence[int]] = 256, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, min_new_tokens: int = 0,
              stop_token_ids: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), processor=None,
              seed: int = 0) -> GenerationResult:
-    """Generates continuations of a batch of prompts.
+    """Generates continuations of a batch of prompts (builds a `Generator` for this call; build one yourself to
+    generate repeatedly with the same model).
 
     Args:
       model: an `Mllama`, best in the per-layer layout (`lj.load_pretrained(dir, scan_layers=False)`); a scanned
-        model is converted once per model (a copy of its text weights, with a warning).
+        model is converted for the call (a copy of its text weights, with a warning).
       batch: the processor's dict of arrays (or transformers' `MllamaProcessor` output); any padding side.
       max_new_tokens: budget per row (an int or one per row).
       do_sample, temperature, top_p, top_k: greedy when do_sample is False; else sampling with transformers'
@@ -240,7 +265,7 @@ def generate(model, batch: dict, *, max_new_tokens: Union[int, Sequence[int]] = 
     Returns:
       `GenerationResult` (tokens, lengths, finish_reason, logprobs, texts).
     """
-    state = prefill(model, batch, max_new_tokens=int(np.max(max_new_tokens)), seed=seed)
-    return decode(model, state, max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature,
-                  top_p=top_p, top_k=top_k, min_new_tokens=min_new_tokens, stop_token_ids=stop_token_ids,
-                  stop_strings=stop_strings, processor=processor)[0]
+    return Generator(model).generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                                     temperature=temperature, top_p=top_p, top_k=top_k, min_new_tokens=min_new_tokens,
+                                     stop_token_ids=stop_token_ids, stop_strings=stop_strings, processor=processor,
+                                     seed=seed)
