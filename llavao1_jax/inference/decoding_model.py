@@ -43,6 +43,7 @@ def prepare(model: Mllama) -> DecodingModel:
                       "llavao1_jax.model.relayout(model, scan_layers=False)) to avoid the copy.", stacklevel=3)
         model = relayout(model, scan_layers=False)
     graphdef, params = nnx.split(model)
+    params = jax.tree.map(lambda a: a, params)  # new Variables over the same arrays: later model updates do not leak in
     kernel = model.language_model.lm_head.kernel[...]
     on_cpu = all(d.platform == "cpu" for d in kernel.devices())
     return DecodingModel(graphdef, params, _transpose(kernel) if on_cpu else None)

@@ -7,9 +7,8 @@ Two layouts of the same layers (`MllamaConfig.scan_layers`; `relayout` converts 
   blocks of that period; inside a block, runs of self layers are an inner scan and cross layers are applied in
   place. The 11B and 90B models therefore trace one block, whatever their depth.
 * per layer (for decoding): `layers[i]` is layer i of the model, run in a Python loop. Decoding one token reads
-  every weight once, and a scan over a stack makes XLA copy each layer's slice out of the stack before its matmuls:
-  measured per decode step, mid config on CPU 84 ms scanned vs 7.4 ms per layer; 11B in bfloat16 on one H100
-  24.8 ms vs 9.6 ms.
+  every weight once, and a scan over a stack makes XLA copy each layer's slice out of the stack before its matmuls,
+  which makes a decode step several times slower (benchmarks/README.md).
 
 The KV cache follows the layout (`KVCache`, `init_cache`).
 """

@@ -100,7 +100,7 @@ def _byte_alphabet() -> list[str]:
 
 @functools.lru_cache(maxsize=2)
 def _vocab_and_merges(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level vocabulary and the complete, rank-ordered merge list for a ranks file (cached: about 1.5 s)."""
+    """Byte-level vocabulary and the complete, rank-ordered merge list for a ranks file (cached per file: building it takes a second or two)."""
     ranks = read_bpe_ranks(path)
     to_alphabet = str.maketrans(dict(enumerate(_byte_alphabet())))
     # One alphabet character per byte, so string slices are byte slices.
