@@ -53,12 +53,6 @@ class VisionConfig:
         return self.hidden_size // self.num_attention_heads
 
     @property
-    def embedding_rows(self) -> int:
-        """Rows of the input embedding: the vocabulary, then `<|image|>` (id vocab_size) and 7 more rows from Meta's
-        checkpoint. The LM head has vocab_size rows, so those ids are never predicted."""
-        return self.vocab_size + 8
-
-    @property
     def num_patches(self) -> int:
         """Patches per tile plus the class token (1601 for 560-px tiles of 14 px)."""
         return (self.image_size // self.patch_size) ** 2 + 1
