@@ -76,9 +76,9 @@ def vocab_bytes(tokenizer, vocab_size: int) -> list[bytes]:
     cached = _VOCAB_BYTES.get(tokenizer)
     if cached is not None and len(cached) >= vocab_size:
         return cached[:vocab_size]
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    from llavao1_jax.processor.tokenizer import byte_alphabet  # imports transformers: only when strings are used
 
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    byte_of = {c: b for b, c in enumerate(byte_alphabet())}
     n = min(vocab_size, len(tokenizer))
     pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
     out = []
