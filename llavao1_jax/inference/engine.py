@@ -112,14 +112,20 @@ def decode_step(model: Mllama, head_t, sampling: SamplingConfig, stopping: Stopp
     tokens = jnp.where(running, tokens, 0)
     column = jnp.where(running, gen.lengths, t)                            # out of range: dropped
     rows = jnp.arange(b)
-    matcher, string_hit = stop_strings.step(stopping.strings, gen.matcher, tokens)
+    matcher, string_hits = stop_strings.step(stopping.strings, gen.matcher, tokens)
+    string_hit = string_hits.any(axis=1)
     lengths = gen.lengths + running
     token_hit = (tokens[:, None] == stopping.token_ids[None, :]).any(axis=1)
     finish = jnp.select([~running, token_hit & ~ban, string_hit & ~ban, lengths >= gen.max_new],
                         [gen.finish, STOP_TOKEN, STOP_STRING, LENGTH], RUNNING)
+    stop_string = gen.stop_string
+    if stopping.strings.num_strings:
+        first_hit = jnp.argmax(string_hits, axis=1).astype(jnp.int32)
+        stop_string = jnp.where(running & (finish == STOP_STRING), first_hit, stop_string)
     gen = Generation(tokens=gen.tokens.at[rows, column].set(tokens, mode="drop"),
                      logprobs=gen.logprobs.at[rows, column].set(logprobs, mode="drop"),
-                     lengths=lengths, finish=finish.astype(gen.finish.dtype), max_new=gen.max_new, matcher=matcher)
+                     lengths=lengths, finish=finish.astype(gen.finish.dtype), max_new=gen.max_new, matcher=matcher,
+                     stop_string=stop_string)
     return advance(model, head_t, state, tokens[:, None], running[:, None]), gen
 
 

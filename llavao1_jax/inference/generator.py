@@ -87,6 +87,7 @@ class GenerationResult:
       `Decoder.run(max_steps)` before the end).
     logprobs: [B, T] float32, log-probability of each chosen token under the model's distribution at temperature 1
       without top-k/top-p filtering; 0 after lengths.
+    stop_string: per row the stop string that ended it (finish_reason "stop_string"), else None.
     texts: the decoded rows (special tokens skipped) when a processor or tokenizer was given, else None.
     """
 
@@ -94,23 +95,22 @@ class GenerationResult:
     lengths: np.ndarray
     finish_reason: list[str]
     logprobs: np.ndarray
+    stop_string: list[Optional[str]]
     texts: Optional[list[str]] = None
 
 
-def make_stopping(config, stop_token_ids, strings: Sequence[str], tokenizer, min_new_tokens: int):
+def make_stopping(config, stop_token_ids, strings: tuple[str, ...], tokenizer, min_new_tokens: int):
     """Device stop criteria: stop_token_ids None -> the config's eos ids, () -> none."""
     text = config.text
     ids = tuple(text.eos_token_id) if stop_token_ids is None else tuple(int(i) for i in stop_token_ids)
     bad = [i for i in ids if not 0 <= i < text.vocab_size]
     if bad:
         raise ValueError(f"stop_token_ids {bad} outside the vocabulary [0, {text.vocab_size})")
-    if isinstance(strings, str):
-        strings = (strings,)
     if strings and tokenizer is None:
         raise ValueError("stop_strings need the tokenizer: pass processor=")
     if min_new_tokens < 0:
         raise ValueError(f"min_new_tokens must be >= 0, got {min_new_tokens}")
-    tables = for_tokenizer(tokenizer, text.vocab_size, tuple(strings))
+    tables = for_tokenizer(tokenizer, text.vocab_size, strings)
     padded = ids + (text.vocab_size,) * (round_up(len(ids), 8) - len(ids))  # never sampled: one shape for <= 8 ids
     return engine.Stopping(jnp.asarray(padded, jnp.int32).reshape(-1), tables, jnp.asarray(min_new_tokens, jnp.int32))
 
@@ -206,7 +206,9 @@ class Decoder:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         self.sampling = SamplingConfig(do_sample, temperature, top_p, top_k)
         self.tokenizer = getattr(processor, "tokenizer", processor)
-        self.stopping = make_stopping(generator.config, stop_token_ids, stop_strings, self.tokenizer, min_new_tokens)
+        self.stop_strings = (stop_strings,) if isinstance(stop_strings, str) else tuple(stop_strings)
+        self.stopping = make_stopping(generator.config, stop_token_ids, self.stop_strings, self.tokenizer,
+                                      min_new_tokens)
         room = state.max_length - int(state.index)
         if max_new.max() > room:
             raise ValueError(f"max_new_tokens {int(max_new.max())} exceeds the cache's room ({room} slots); prefill "
@@ -218,7 +220,8 @@ class Decoder:
         self.gen = Generation(tokens=jnp.zeros((b, t), jnp.int32), logprobs=jnp.zeros((b, t), jnp.float32),
                               lengths=jnp.zeros(b, jnp.int32), finish=jnp.zeros(b, jnp.int32),
                               max_new=jnp.asarray(max_new),
-                              matcher=initial_state(self.stopping.strings, b))
+                              matcher=initial_state(self.stopping.strings, b),
+                              stop_string=jnp.full(b, -1, jnp.int32))
 
     def run(self, max_steps: Optional[int] = None) -> bool:
         """Runs up to `max_steps` decode steps (default: until every row finishes) in one jitted while_loop.
@@ -239,6 +242,7 @@ class Decoder:
                      for row, n in zip(gen.tokens, gen.lengths)]
         return GenerationResult(tokens=gen.tokens[:, :t], lengths=gen.lengths,
                                 finish_reason=[FINISH_REASONS[f] for f in gen.finish], logprobs=gen.logprobs[:, :t],
+                                stop_string=[self.stop_strings[i] if i >= 0 else None for i in gen.stop_string],
                                 texts=texts)
 
 

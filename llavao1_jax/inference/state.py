@@ -75,6 +75,8 @@ class Generation(NamedTuple):
       token under the model's unprocessed distribution (temperature 1, no top-k/top-p).
     lengths: [B] int32; finish: [B] int32 index into FINISH_REASONS (0 while running).
     max_new: [B] int32 per-row token budgets; matcher: [B, n, L] bool stop-string automaton states.
+    stop_string: [B] int32, the index of the stop string that ended the row (the first one if several completed on
+      the same token), -1 otherwise.
     """
 
     tokens: jax.Array
@@ -83,10 +85,11 @@ class Generation(NamedTuple):
     finish: jax.Array
     max_new: jax.Array
     matcher: jax.Array
+    stop_string: jax.Array
 
     def logical_axes(self) -> "Generation":
         return Generation(tokens=P("batch", None), logprobs=P("batch", None), lengths=P("batch"), finish=P("batch"),
-                          max_new=P("batch"), matcher=P("batch", None, None))
+                          max_new=P("batch"), matcher=P("batch", None, None), stop_string=P("batch"))
 
 
 def row_keys(seed: int, batch: int) -> jax.Array:
