@@ -148,31 +148,66 @@ class Generator:
         return engine.prefill(*self.decoding_model, inputs, row_keys(seed, b),
                               s + round_up(max_new_tokens, ROOM_MULTIPLE))
 
-    def append_tokens(self, state: DecodeState, tokens, mask=None) -> DecodeState:
+    def prefill_on_images(self, images: DecodeState, tokens, mask=None, *, max_new_tokens: int,
+                          seed: int = 0) -> DecodeState:
+        """Prefills new prompts (e.g. judge conversations) that see images already encoded in `images`.
+
+        tokens [R, S] are whole prompts (BOS, headers, `<|image|>`, text), mask [R, S] marks the real tokens (pad
+        anywhere). With n image rows in `images` (its cross K/V), R must be a multiple of n: consecutive groups of
+        R / n rows share one image row, taken from `images` (one copy per image row, never recomputed). A row's
+        tokens from its first `<|image|>` on see all of that image's tiles, earlier tokens none (the processor's
+        rule for a prompt with one image). `images` stays valid.
+        """
+        if images.cache.cross_k is None:
+            raise ValueError("prefill_on_images needs a state with images (its prompts had pixel_values)")
+        tokens, mask = self._checked_tokens(tokens, mask, batch=None)
+        n = images.cache.cross_k[0].shape[0]
+        if tokens.shape[0] % n:
+            raise ValueError(f"{tokens.shape[0]} prompts cannot be split evenly over the {n} image rows")
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        pad = bucket_length(tokens.shape[1]) - tokens.shape[1]
+        tokens, mask = np.pad(tokens, [(0, 0), (pad, 0)]), np.pad(mask, [(0, 0), (pad, 0)])
+        return engine.prefill_on_images(*self.decoding_model, images, jnp.asarray(tokens, jnp.int32),
+                                        jnp.asarray(mask), row_keys(seed, tokens.shape[0]),
+                                        tokens.shape[1] + round_up(max_new_tokens, ROOM_MULTIPLE),
+                                        self.config.image_token_index)
+
+    def append_tokens(self, state: DecodeState, tokens, mask=None, *, return_logprobs: bool = False):
         """Teacher forcing: feeds `tokens` [B, S] (e.g. a chosen continuation, a judge prompt) after each row's prefix.
 
         mask [B, S] (default all 1) marks the real tokens, so rows may append different lengths (pad anywhere). The
         next-token logits become those after each row's last real token. `state` is consumed (its buffers are
-        donated); copy rows first with `select_rows`/`fork` to keep it.
+        donated); copy rows first with `select_rows`/`fork` to keep it. With `return_logprobs`, returns
+        `(state, logprobs)`: logprobs [B, S] float32 numpy, each real token's log-probability given everything
+        before it (0 at padding).
         """
+        tokens, mask = self._checked_tokens(tokens, mask, batch=state.batch_size)
+        s = tokens.shape[1]
+        pad = bucket_length(s) - s
+        tokens, mask = np.pad(tokens, [(0, 0), (0, pad)]), np.pad(mask, [(0, 0), (0, pad)])
+        room = state.max_length - int(state.index)
+        if tokens.shape[1] > room:
+            raise ValueError(f"the cache has room for {room} more slots, appending needs {tokens.shape[1]} "
+                             f"({s} padded to {tokens.shape[1]}); prefill with a larger max_new_tokens")
+        out = engine.append(*self.decoding_model, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask),
+                            return_logprobs)
+        return (out[0], np.asarray(out[1])[:, :s]) if return_logprobs else out
+
+    def _checked_tokens(self, tokens, mask, batch: Optional[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Integer tokens [batch, S] with ids in the embedding and a matching bool mask (default all 1)."""
         tokens = np.asarray(tokens)
-        if tokens.ndim != 2 or tokens.shape[0] != state.batch_size or not np.issubdtype(tokens.dtype, np.integer):
-            raise ValueError(f"tokens must be integer [batch={state.batch_size}, seq], got {tokens.dtype} "
-                             f"{tokens.shape}")
+        if (tokens.ndim != 2 or (batch is not None and tokens.shape[0] != batch)
+                or not np.issubdtype(tokens.dtype, np.integer)):
+            raise ValueError(f"tokens must be integer [batch={batch if batch is not None else 'rows'}, seq], got "
+                             f"{tokens.dtype} {tokens.shape}")
         mask = np.ones(tokens.shape, bool) if mask is None else np.asarray(mask).astype(bool)
         if mask.shape != tokens.shape:
             raise ValueError(f"mask shape {mask.shape} differs from tokens shape {tokens.shape}")
         rows = self.config.text.embedding_rows
         if tokens.size and (tokens.min() < 0 or tokens.max() >= rows):
             raise ValueError(f"token ids must lie in [0, {rows}), got {tokens.min()}..{tokens.max()}")
-        pad = bucket_length(tokens.shape[1]) - tokens.shape[1]
-        tokens, mask = np.pad(tokens, [(0, 0), (0, pad)]), np.pad(mask, [(0, 0), (0, pad)])
-        room = state.max_length - int(state.index)
-        if tokens.shape[1] > room:
-            raise ValueError(f"the cache has room for {room} more slots, appending needs {tokens.shape[1]} "
-                             f"({tokens.shape[1] - pad} padded to {tokens.shape[1]}); prefill with a larger "
-                             "max_new_tokens")
-        return engine.append(*self.decoding_model, state, jnp.asarray(tokens, jnp.int32), jnp.asarray(mask))
+        return tokens, mask
 
     def decode(self, state: DecodeState, **options) -> tuple[GenerationResult, DecodeState]:
         """Generates from `state` to the end (`Decoder` options: max_new_tokens, do_sample, temperature, top_p, top_k,
