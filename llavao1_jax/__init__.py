@@ -17,6 +17,9 @@ _EXPORTS = {
     # inference
     "Generator": "llavao1_jax.inference",
     "generate": "llavao1_jax.inference",
+    # search (`lj.search(...)` calls the subpackage, which is callable: see llavao1_jax/search/__init__.py)
+    "SearchConfig": "llavao1_jax.search",
+    "search": "llavao1_jax.search",
 }
 
 __all__ = sorted(_EXPORTS)
