@@ -30,11 +30,12 @@ class Candidates:
 
 
 def sample(batch: Batch, n: int, *, max_tokens: int, min_tokens: int, stop_strings: Sequence[str],
-           close: Optional[str], stop_token_ids=()) -> Candidates:
-    """n candidates per question from `batch.prefix` (which stays valid), ending at one of `stop_strings`; rows that
-    end otherwise get `close` appended (None: nothing appended, e.g. a whole answer ended by its stop token)."""
+           close: Optional[str], stop_token_ids=(), prefix: Optional[DecodeState] = None) -> Candidates:
+    """n candidates per row of `prefix` (default `batch.prefix`; it stays valid), ending at one of `stop_strings`;
+    rows that end otherwise get `close` appended (None: nothing appended, e.g. a whole answer ended by its stop
+    token)."""
     with batch.totals.timed("candidate_decoding"):
-        forked = inference.fork(batch.prefix, n)
+        forked = inference.fork(batch.prefix if prefix is None else prefix, n)
         result, state = batch.generator.decode(forked, max_new_tokens=max_tokens, min_new_tokens=min_tokens,
                                                stop_token_ids=stop_token_ids, stop_strings=tuple(stop_strings),
                                                **batch.sampling())
@@ -50,3 +51,15 @@ def sample(batch: Batch, n: int, *, max_tokens: int, min_tokens: int, stop_strin
     batch.totals.candidate_tokens += int(result.lengths.sum())
     return Candidates(tokens=tokens, logprobs=logprobs, truncated=truncated, ended_by=list(result.stop_string),
                       finish=list(result.finish_reason), state=state)
+
+
+def keep(batch: Batch, cands: Candidates, n: int, winners: np.ndarray, kind: str, judged: list[dict],
+         active: Optional[np.ndarray] = None) -> None:
+    """Makes each question's winner its new prefix (its cache rows selected, not re-run; free slots compacted) and
+    records the step."""
+    rows = np.arange(batch.size) * n + winners
+    batch.prefix = inference.compact(inference.select_rows(cands.state, rows))
+    for q, row in enumerate(rows):
+        if active is None or active[q]:
+            batch.chosen[q].append(cands.tokens[row])
+    batch.steps.append(dict(kind=kind, n=n, candidates=cands, winners=winners, judged=judged, active=active))

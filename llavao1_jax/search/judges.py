@@ -22,19 +22,21 @@ def choose(batch: Batch, kind: str, cands: Candidates, n: int,
     judge = batch.config.judge
     if judge == "self":
         return tournament(batch, kind, cands, n, hints)
-    if judge == "logprob":
-        scores = cands.mean_logprob().reshape(q, n)
-    else:
-        scores = reward_scores(batch, cands, n)
+    prefixes = [np.concatenate(c) if c else np.zeros(0, np.int32) for c in batch.chosen]
+    scores = score(batch, cands, np.repeat(np.arange(q), n), [prefixes[r // n] for r in range(q * n)]).reshape(q, n)
     return scores.argmax(axis=1), [{"scores": [float(s) for s in row]} for row in scores]
 
 
-def reward_scores(batch: Batch, cands: Candidates, n: int) -> np.ndarray:
-    """reward_fn(question, image, prefix_text, candidate_text) for every candidate [Q, n]."""
-    prefixes = batch.decode_texts([np.concatenate(c) if c else np.zeros(0, np.int32) for c in batch.chosen])
+def score(batch: Batch, cands: Candidates, owners: np.ndarray, prefixes: list[np.ndarray]) -> np.ndarray:
+    """A score per candidate row: its mean token log-probability (judge "logprob") or
+    reward_fn(question, image, prefix_text, candidate_text) (judge "reward"); row r belongs to question owners[r]
+    and continues the tokens prefixes[r]."""
+    if batch.config.judge == "logprob":
+        return cands.mean_logprob()
     texts = batch.decode_texts(cands.tokens)
-    return np.asarray([[float(batch.reward_fn(batch.questions[q], batch.images[q], prefixes[q], texts[q * n + i]))
-                        for i in range(n)] for q in range(batch.size)])
+    prefix_texts = batch.decode_texts(prefixes)
+    return np.asarray([float(batch.reward_fn(batch.questions[q], batch.images[q], prefix, text))
+                       for q, prefix, text in zip(owners, prefix_texts, texts)])
 
 
 def tournament(batch: Batch, kind: str, cands: Candidates, n: int,

@@ -6,11 +6,11 @@ from typing import Optional
 
 import numpy as np
 
-from llavao1_jax import inference
 from llavao1_jax.search.batch import Batch
-from llavao1_jax.search.candidates import Candidates, sample
+from llavao1_jax.search.candidates import keep, sample
 from llavao1_jax.search.judges import choose
 from llavao1_jax.search.prompts import STAGES
+from llavao1_jax.search.swires import swires
 
 STAGE_TAG_SLACK = 8         # tokens of an appended closing tag
 SENTENCE_ENDS = (". ", ".\n")  # a period that ends a sentence: never the one inside "3.5"
@@ -21,19 +21,8 @@ def room(config, method: str) -> int:
     """Cache slots a method needs after the prompt (compaction after every step keeps only the chosen tokens)."""
     if method == "sentence":
         return config.max_sentences * config.max_stage_tokens
-    return len(STAGES) * (config.max_stage_tokens + STAGE_TAG_SLACK)
-
-
-def keep(batch: Batch, cands: Candidates, n: int, winners: np.ndarray, kind: str, judged: list[dict],
-         active: Optional[np.ndarray] = None) -> None:
-    """Makes each question's winner its new prefix (its cache rows selected, not re-run; free slots compacted) and
-    records the step."""
-    rows = np.arange(batch.size) * n + winners
-    batch.prefix = inference.compact(inference.select_rows(cands.state, rows))
-    for q, row in enumerate(rows):
-        if active is None or active[q]:
-            batch.chosen[q].append(cands.tokens[row])
-    batch.steps.append(dict(kind=kind, n=n, candidates=cands, winners=winners, judged=judged, active=active))
+    stages = len(STAGES) + (method == "swires")  # SWIRES teacher-forces caption and reasoning before a conclusion
+    return stages * (config.max_stage_tokens + STAGE_TAG_SLACK)
 
 
 def stage_hints(batch: Batch, stage: str) -> Optional[list[np.ndarray]]:
@@ -83,4 +72,4 @@ def sentence_search(batch: Batch) -> None:
             return
 
 
-METHODS = {"stage": stage_search, "best_of_n": best_of_n, "sentence": sentence_search}
+METHODS = {"stage": stage_search, "best_of_n": best_of_n, "sentence": sentence_search, "swires": swires}
