@@ -33,6 +33,7 @@ EXTRAS = {
 
 CONSOLE_SCRIPTS = [
     "llavao1-generate = llavao1_jax.cli.generate:main",
+    "llavao1-infer = llavao1_jax.infer:main",
 ]
 
 setuptools.setup(

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -15,12 +15,14 @@ from llavao1_jax.search.prompts import Segments, encode
 from llavao1_jax.search.result import SearchResult, Totals
 
 
-def search(model, processor, questions: Sequence[dict], config: SearchConfig = SearchConfig()) -> list[SearchResult]:
+def search(model, processor, questions: Sequence[dict], config: SearchConfig = SearchConfig(), *,
+           on_batch: Optional[Callable[[int, int], None]] = None) -> list[SearchResult]:
     """Answers `questions` ([{"question": str, "image": PIL image | path | None}]) with `config.method`.
 
     Questions with and without an image run in separate batches of at most `config.batch_questions`. `model` is
-    an `Mllama` (a `Generator` is built for the call) or a `Generator` to reuse. Raises ValueError naming the
-    question for an empty question, an unreadable image, or budgets beyond the model's context.
+    an `Mllama` (a `Generator` is built for the call) or a `Generator` to reuse. `on_batch(done, total)` is called
+    after each batch (progress bars). Raises ValueError naming the question for an empty question, an unreadable
+    image, or budgets beyond the model's context.
     """
     images = [_image(i, q) for i, q in enumerate(_checked(questions))]
     generator = model if isinstance(model, Generator) else Generator(model)
@@ -39,6 +41,8 @@ def search(model, processor, questions: Sequence[dict], config: SearchConfig = S
                       chosen=[[] for _ in indices])
         for i, result in zip(indices, _run(batch, first_index=indices[0])):
             results[i] = result
+        if on_batch is not None:
+            on_batch(sum(len(c) for c in chunks[:number + 1]), len(questions))
     return results
 
 

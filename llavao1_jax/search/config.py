@@ -91,6 +91,18 @@ class SearchConfig:
               'method="swires" scores with judge="reward" or "logprob"')
         check(self.max_sentences >= 1, f"max_sentences must be >= 1, got {self.max_sentences}")
 
+    @classmethod
+    def from_dict(cls, fields: dict, **extra) -> "SearchConfig":
+        """A config from plain fields (e.g. `configs/search.py`'s ConfigDict `.to_dict()`), `swires` as a dict;
+        unknown keys raise. `extra` adds fields that are not plain values (reward_fn)."""
+        fields = dict(fields, **extra)
+        unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"SearchConfig has no fields {unknown}")
+        if isinstance(fields.get("swires"), dict):
+            fields["swires"] = SwiresConfig(**fields["swires"])
+        return cls(**fields)
+
     def replace(self, **changes) -> "SearchConfig":
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)

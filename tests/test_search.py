@@ -1,0 +1,133 @@
+"""The searches on a tiny random model with the real tokenizer: every method and judge runs to completion on
+questions with different images and prompt lengths, the stage search's structure (stage order, n - 1 comparisons,
+the pre-check, truncation, prompts encoded once), greedy equivalence with lj.generate, the CLI, bad input."""
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+
+import llavao1_jax as lj
+from llavao1_jax import infer
+from llavao1_jax.model import preset
+from llavao1_jax.search.prompts import STAGES
+
+SMALL = dict(max_stage_tokens=4, judge_max_tokens=3)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    config = preset("tiny", scan_layers=False)
+    model = lj.init_model(config, seed=0)
+    processor = lj.Processor.llama3_2_vision(tile_size=config.vision.image_size,
+                                             max_image_tiles=config.vision.max_num_tiles)
+    root = tmp_path_factory.mktemp("search")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i, size in enumerate([(40, 60), (80, 30), (50, 50)]):
+        paths.append(root / f"{i}.png")
+        PIL.Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(paths[-1])
+    questions = [{"question": "How many squares are there?", "image": paths[0]},
+                 {"question": "Which shape is the largest one, and what colour is it?", "image": paths[1]},
+                 {"question": "Red?", "image": PIL.Image.open(paths[2])}]
+    return lj.Generator(model), processor, questions, model, root
+
+
+def test_stage_search_with_the_self_judge(setup):
+    generator, processor, questions, _, _ = setup
+    n = 3
+    results = lj.search(generator, processor, questions, lj.SearchConfig(method="stage", n=n, **SMALL))
+    assert len(results) == 3
+    for r in results:
+        trace = json.loads(json.dumps(r.trace))
+        assert [step["kind"] for step in trace["steps"]] == list(STAGES)
+        for step, stage in zip(trace["steps"], STAGES):
+            assert len(step["candidates"]) == n
+            assert len(step["comparisons"]) == n - 1                      # a knockout of n candidates
+            assert step["comparisons"][-1]["winner"] == step["winner"]
+            assert (step["precheck"] is not None) == (stage == "REASONING")
+            for cand in step["candidates"]:                               # a random model never closes a stage
+                assert cand["truncated"] and cand["text"].endswith(f"</{stage}>")
+        closing = [r.text.index(f"</{stage}>") for stage in STAGES]
+        assert closing == sorted(closing)
+        totals = trace["totals"]
+        # one batch: the vision tower and the question prompts ran once, the judge's constant head once a stage
+        assert (totals["vision_calls"], totals["prefill_calls"], totals["judge_prefill_calls"]) == (1, 1, 5)
+        assert totals["judge_calls"] == 3 * (len(STAGES) * (n - 1) + n)    # comparisons and pre-checks, 3 questions
+        assert set(totals["breakdown"]) == {"candidate_decoding", "judge_prefill", "judge_decoding", "other"}
+
+
+def test_stage_search_with_logprob_scores_keeps_the_best_candidate(setup):
+    generator, processor, questions, _, _ = setup
+    results = lj.search(generator, processor, questions[:1], lj.SearchConfig(method="stage", n=2, judge="logprob",
+                                                                              **SMALL))
+    for step in results[0].trace["steps"]:
+        assert step["winner"] == int(np.argmax(step["scores"]))
+    assert results[0].trace["totals"]["judge_calls"] == 0
+
+
+def test_greedy_method_is_lj_generate(setup):
+    generator, processor, questions, model, _ = setup
+    config = lj.SearchConfig(method="greedy", **SMALL)
+    result = lj.search(generator, processor, questions[:1], config)[0]
+    prompt = processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "text", "text": questions[0]["question"]}]}], add_generation_prompt=True)
+    batch = processor(images=[[PIL.Image.open(questions[0]["image"])]], text=[prompt], padding=True,
+                      padding_side="left")
+    want = lj.generate(model, batch, max_new_tokens=len(STAGES) * config.max_stage_tokens, processor=processor)
+    assert result.text == want.texts[0]
+
+
+def test_cli_prints_the_stages_or_json(setup, capsys):
+    _, _, questions, model, root = setup
+    lj.save_pretrained(model, root / "model")
+    lines = [json.dumps({"question": q["question"], "image": f"{i}.png"}) for i, q in enumerate(questions)]
+    (root / "q.jsonl").write_text("\n".join(lines))
+    assert infer.main(["--model", str(root / "model"), "--questions", str(root / "q.jsonl"), "--search", "greedy",
+                       "--max-stage-tokens", "4", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [row["question"] for row in rows] == [q["question"] for q in questions]
+    assert infer.main(["--model", str(root / "model"), "--question", "Hi?", "--image", str(root / "0.png"),
+                       "--search", "greedy", "--max-stage-tokens", "4"]) == 0
+    assert "[SUMMARY]" in capsys.readouterr().out
+    (root / "bad.jsonl").write_text('{"question": "a"}\nnot json\n')
+    assert infer.main(["--model", str(root / "model"), "--questions", str(root / "bad.jsonl")]) == 2
+    assert "bad.jsonl:2" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, judge, verdict", [
+    ("sample", "self", "generate"), ("best_of_n", "self", "generate"), ("best_of_n", "logprob", "generate"),
+    ("sentence", "self", "generate"), ("sentence", "logprob", "generate"), ("stage", "self", "probability"),
+    ("stage", "reward", "generate"), ("swires", "logprob", "generate"), ("swires", "reward", "generate")])
+def test_every_method_and_judge_completes(setup, method, judge, verdict):
+    generator, processor, questions, _, _ = setup
+    reward = lambda question, image, prefix, candidate: -abs(len(candidate) - 10)
+    config = lj.SearchConfig(method=method, n=2, judge=judge, verdict=verdict, reward_fn=reward, max_sentences=2,
+                             **SMALL)
+    for batch in (questions[:1], questions):
+        results = lj.search(generator, processor, batch, config)
+        assert len(results) == len(batch)
+        json.dumps([r.trace for r in results])
+        assert all(r.trace["totals"]["vision_calls"] == 1 and r.trace["totals"]["prefill_calls"] == 1
+                   for r in results)
+
+
+@pytest.mark.parametrize("questions, options, message", [
+    ([{"question": " "}], {}, "question 0: needs a non-empty"),
+    ([{"question": "a"}, {"question": "b", "image": "/no/such.png"}], {}, "question 1: unreadable image"),
+    ([{"question": "a"}], dict(max_stage_tokens=10**6), "question 0: .* more than the model's"),
+])
+def test_bad_questions(setup, questions, options, message):
+    generator, processor, _, _, _ = setup
+    with pytest.raises(ValueError, match=message):
+        lj.search(generator, processor, questions, lj.SearchConfig(method="stage", **options))
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(method="beam"), "unknown method"), (dict(judge="gpt"), "unknown judge"), (dict(n=0), "n must be"),
+    (dict(judge="reward"), "reward_fn"), (dict(method="swires"), "swires"),
+])
+def test_bad_configs(options, message):
+    with pytest.raises(ValueError, match=message):
+        lj.SearchConfig(**options)
