@@ -58,12 +58,17 @@ def test_stage_search_with_the_self_judge(setup):
 
 
 def test_stage_search_with_logprob_scores_keeps_the_best_candidate(setup):
+    """The highest-scoring candidate wins each stage; a second batch of the same shapes compiles nothing (the
+    trace's compile clock counts every trace, lowering and compile) and, with the same seed, answers the same."""
     generator, processor, questions, _, _ = setup
-    results = lj.search(generator, processor, questions[:1], lj.SearchConfig(method="stage", n=2, judge="logprob",
-                                                                              **SMALL))
+    config = lj.SearchConfig(method="stage", n=2, judge="logprob", **SMALL)
+    results = lj.search(generator, processor, questions[:2], config)
     for step in results[0].trace["steps"]:
         assert step["winner"] == int(np.argmax(step["scores"]))
     assert results[0].trace["totals"]["judge_calls"] == 0
+    again = lj.search(generator, processor, questions[:2], config)
+    assert again[0].trace["totals"]["compile_seconds"] == 0.0
+    assert [r.text for r in again] == [r.text for r in results]
 
 
 def test_greedy_method_is_lj_generate(setup):
@@ -111,6 +116,23 @@ def test_every_method_and_judge_completes(setup, method, judge, verdict):
         json.dumps([r.trace for r in results])
         assert all(r.trace["totals"]["vision_calls"] == 1 and r.trace["totals"]["prefill_calls"] == 1
                    for r in results)
+
+
+@pytest.mark.slow
+def test_sharded_search_matches_one_device(setup):
+    """Under a (data 2, tensor 2) mesh of fake CPU devices the stage search gives the one-device answers."""
+    from llavao1_jax.sharding import make_mesh
+    import jax
+
+    generator, processor, questions, model, root = setup
+    config = lj.SearchConfig(method="stage", n=2, judge="self", **SMALL)
+    want = [r.text for r in lj.search(generator, processor, questions[:2], config)]
+    lj.save_pretrained(model, root / "sharded")
+    mesh = make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
+    sharded = lj.load_pretrained(root / "sharded", mesh=mesh, scan_layers=False)
+    with jax.set_mesh(mesh):
+        got = [r.text for r in lj.search(sharded, processor, questions[:2], config)]
+    assert got == want
 
 
 @pytest.mark.parametrize("questions, options, message", [
