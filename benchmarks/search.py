@@ -1,0 +1,166 @@
+"""Stage-level beam search: llavao1_jax's batched, cache-forked search against the original algorithm restated on
+transformers (every candidate and every judge call a separate `generate` from scratch at batch 1), same process.
+
+The mid-size config with random weights (benchmarks/generate.py's), float32 on CPU, the real Llama-3.2-Vision
+processor with 224-px tiles, one 4-tile image per question. Both sides do identical work: every stage candidate is
+exactly --stage-tokens tokens and every judge call (pairwise verdicts and the reasoning pre-check) exactly
+--judge-tokens tokens (min = max), self-judge with generated verdicts. Prints per-question seconds for each N and
+batch size, the ratio, our time breakdown, and both sides' token counts (which must match). The reference runs
+questions one after another, so its per-question time is measured on --reference-questions questions.
+
+    python benchmarks/search.py [--n 2 4] [--questions 1 8] [--stage-tokens 32] [--judge-tokens 16]
+        [--reference-questions 1] [--skip-reference]
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import numpy as np
+import PIL.Image
+
+import llavao1_jax as lj
+from generate import random_model
+from llavao1_jax.model import preset
+from llavao1_jax.search.prompts import CHECK_PARTS, STAGES, VERDICT_STRINGS, instruction, reminder
+
+QUESTIONS = ["How many red squares are in the picture?", "Which shape is the largest, and what colour is it?",
+             "Are there more circles than triangles? Answer yes or no.", "What is the sum of the two numbers shown?",
+             "Which object is closest to the left edge?", "Is the blue shape above the green one?",
+             "How many shapes are there in total?", "What colour is the smallest triangle?"]
+
+
+def make_questions(count: int, size: int) -> list[dict]:
+    rng = np.random.default_rng(0)
+    return [{"question": QUESTIONS[i % len(QUESTIONS)],
+             "image": PIL.Image.fromarray((rng.random((2 * size, 2 * size, 3)) * 255).astype(np.uint8))}
+            for i in range(count)]
+
+
+def ours(model, processor, questions, config) -> tuple[float, dict]:
+    generator = lj.Generator(model)
+    lj.search(generator, processor, questions, config)  # compile
+    start = time.perf_counter()
+    results = lj.search(generator, processor, questions, config)
+    return (time.perf_counter() - start) / len(questions), results[0].trace["totals"]
+
+
+class Reference:
+    """The original stage-level beam search on transformers: one `generate` per candidate and per judge call."""
+
+    def __init__(self, hf_model, processor, n: int, stage_tokens: int, judge_tokens: int):
+        self.hf, self.processor, self.n = hf_model, processor, n
+        self.stage_tokens, self.judge_tokens = stage_tokens, judge_tokens
+        self.candidate_tokens = self.judge_tokens_total = 0
+
+    def generate(self, text: str, image, tokens: int) -> str:
+        import torch
+
+        batch = self.processor(images=[[image]] if image is not None else None, text=[text])
+        inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
+        with torch.no_grad():
+            out = self.hf.generate(**inputs, do_sample=True, temperature=0.6, top_p=0.9, max_new_tokens=tokens,
+                                   min_new_tokens=tokens)
+        new = out[0, batch["input_ids"].shape[1]:].tolist()
+        return self.processor.tokenizer.decode(new, skip_special_tokens=True), len(new)
+
+    def chat(self, text: str, image) -> str:
+        content = ([{"type": "image"}] if image is not None else []) + [{"type": "text", "text": text}]
+        return self.processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+    def judge(self, stage: str, question: str, hint: str, first: str, second: str, image) -> int:
+        text = (instruction(stage) + f"Question: {question}" + (f"\nHint about the question: {hint}" if hint else "")
+                + f"\nResponse 1: {first}\nResponse 2: {second}" + reminder(stage))
+        verdict, count = self.generate(self.chat(text, image), image, self.judge_tokens)
+        self.judge_tokens_total += count
+        return 1 if VERDICT_STRINGS[0] in verdict else 2
+
+    def run(self, question: str, image, rng) -> str:
+        prompt, answer, chosen = self.chat(question, image), "", {}
+        for stage in STAGES:
+            candidates = []
+            for _ in range(self.n):
+                text, count = self.generate(prompt + answer, image, self.stage_tokens)
+                self.candidate_tokens += count
+                candidates.append(text if f"</{stage}>" in text else text + f"</{stage}>")
+            correct = None
+            if stage == "REASONING":
+                correct = []
+                for candidate in candidates:
+                    check = (CHECK_PARTS[0] + chosen["CAPTION"] + CHECK_PARTS[1] + question + CHECK_PARTS[2]
+                             + candidate + CHECK_PARTS[3])
+                    verdict, count = self.generate(self.chat(check, None), None, self.judge_tokens)
+                    self.judge_tokens_total += count
+                    correct.append("incorrect" not in verdict)
+            hint = {"REASONING": chosen.get("CAPTION", ""),
+                    "CONCLUSION": chosen.get("CAPTION", "") + chosen.get("REASONING", "")}.get(stage, "")
+            alive = list(rng.permutation(self.n))
+            while len(alive) > 1:
+                a, b = alive.pop(0), alive.pop(0)
+                verdict = self.judge(stage, question, hint, candidates[a], candidates[b], image)
+                if correct is not None and correct[a] != correct[b]:
+                    verdict = 1 if correct[a] else 2
+                alive.append(a if verdict == 1 else b)
+            chosen[stage] = candidates[alive[0]]
+            answer += chosen[stage]
+        return answer
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--questions", type=int, nargs="+", default=[1, 8])
+    parser.add_argument("--stage-tokens", type=int, default=32)
+    parser.add_argument("--judge-tokens", type=int, default=16)
+    parser.add_argument("--reference-questions", type=int, default=1)
+    parser.add_argument("--skip-reference", action="store_true")
+    args = parser.parse_args()
+
+    config = preset("mid", scan_layers=False)
+    model = random_model(config)
+    processor = lj.Processor.llama3_2_vision(tile_size=config.vision.image_size,
+                                             max_image_tiles=config.vision.max_num_tiles)
+    hf = None
+    if not args.skip_reference:
+        import torch
+        from transformers import MllamaForConditionalGeneration
+
+        with tempfile.TemporaryDirectory() as directory:
+            lj.save_pretrained(model, directory)
+            hf = MllamaForConditionalGeneration.from_pretrained(directory, attn_implementation="sdpa",
+                                                                torch_dtype=torch.float32).eval()
+    print(f"mid config, float32, one 4-tile image per question; {args.stage_tokens} tokens a stage, "
+          f"{args.judge_tokens} a judge call (min = max), self-judge with generated verdicts")
+    print(f"{'N':>2} | {'questions':>9} | {'ours s/q':>8} | {'ref s/q':>8} | {'ratio':>6} | {'ours tokens':>15} | "
+          f"{'ref tokens':>15} | breakdown (s: candidates, judge prefill, judge decoding, other) | compile s")
+    for n in args.n:
+        search = lj.SearchConfig(method="stage", n=n, judge="self", max_stage_tokens=args.stage_tokens,
+                                 min_stage_tokens=args.stage_tokens, judge_max_tokens=args.judge_tokens,
+                                 judge_min_tokens=args.judge_tokens)
+        ref_seconds, ref_tokens = None, "-"
+        if hf is not None:
+            reference = Reference(hf, processor, n, args.stage_tokens, args.judge_tokens)
+            sample = make_questions(args.reference_questions, config.vision.image_size)
+            reference.generate(reference.chat("warm-up", sample[0]["image"]), sample[0]["image"], 2)
+            reference.candidate_tokens = reference.judge_tokens_total = 0
+            start = time.perf_counter()
+            for i, q in enumerate(sample):
+                reference.run(q["question"], q["image"], np.random.default_rng(i))
+            ref_seconds = (time.perf_counter() - start) / len(sample)
+            ref_tokens = (f"{reference.candidate_tokens // len(sample)}+"
+                          f"{reference.judge_tokens_total // len(sample)}/q")
+        for count in args.questions:
+            seconds, totals = ours(model, processor, make_questions(count, config.vision.image_size), search)
+            ratio = f"{ref_seconds / seconds:5.2f}x" if ref_seconds else f"{'-':>6}"
+            ref = f"{ref_seconds:8.2f}" if ref_seconds else f"{'-':>8}"
+            mine = f"{totals['candidate_tokens'] // count}+{totals['judge_tokens'] // count}/q"
+            parts = totals["breakdown"]
+            print(f"{n:2d} | {count:9d} | {seconds:8.2f} | {ref} | {ratio} | {mine:>15} | {ref_tokens:>15} | "
+                  f"{parts['candidate_decoding']:.2f}, {parts['judge_prefill']:.2f}, {parts['judge_decoding']:.2f}, "
+                  f"{parts['other']:.2f} ({parts['other'] / totals['seconds']:.0%} other) | "
+                  f"{totals['compile_seconds']:.1f}")
+
+
+if __name__ == "__main__":
+    main()
