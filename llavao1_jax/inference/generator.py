@@ -22,7 +22,8 @@ from llavao1_jax.inference import engine
 from llavao1_jax.inference.decoding_model import prepare
 from llavao1_jax.inference.stop_strings import for_tokenizer, initial_state
 from llavao1_jax.inference.sampling import SamplingConfig
-from llavao1_jax.inference.state import FINISH_REASONS, RUNNING, DecodeState, Generation, row_keys
+from llavao1_jax.inference.state import (FINISH_REASONS, RUNNING, DecodeState, Generation, compact, fork, row_keys,
+                                         select_rows)
 from llavao1_jax.model.mllama import INPUT_NAMES, Mllama, validate_inputs
 from llavao1_jax.util import round_up
 
@@ -125,6 +126,11 @@ class Generator:
     build a new one. The jitted engine functions are shared by every `Generator`; each compiles once per shape
     bucket and model structure.
     """
+
+    # The row operations of state.py, so that a search drives everything through one object.
+    fork = staticmethod(fork)
+    select_rows = staticmethod(select_rows)
+    compact = staticmethod(compact)
 
     def __init__(self, model: Mllama):
         if not isinstance(model, Mllama):

@@ -7,6 +7,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from llavao1_jax.inference import Generator
+from llavao1_jax.model.mllama import Mllama
 from llavao1_jax.processor.image_io import load_image
 from llavao1_jax.search import methods
 from llavao1_jax.search.batch import Batch
@@ -20,12 +21,12 @@ def search(model, processor, questions: Sequence[dict], config: SearchConfig = S
     """Answers `questions` ([{"question": str, "image": PIL image | path | None}]) with `config.method`.
 
     Questions with and without an image run in separate batches of at most `config.batch_questions`. `model` is
-    an `Mllama` (a `Generator` is built for the call) or a `Generator` to reuse. `on_batch(done, total)` is called
+    an `Mllama` (a `Generator` is built for the call) or a `Generator` to reuse (or any object with its methods). `on_batch(done, total)` is called
     after each batch (progress bars). Raises ValueError naming the question for an empty question, an unreadable
     image, or budgets beyond the model's context.
     """
     images = [_image(i, q) for i, q in enumerate(_checked(questions))]
-    generator = model if isinstance(model, Generator) else Generator(model)
+    generator = Generator(model) if isinstance(model, Mllama) else model
     segments = Segments.build(processor)
     results: list = [None] * len(questions)
     groups = [[i for i, image in enumerate(images) if (image is not None) == with_image] for with_image in (1, 0)]

@@ -7,7 +7,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from llavao1_jax import inference
 from llavao1_jax.inference import DecodeState
 from llavao1_jax.search.batch import Batch
 from llavao1_jax.search.packing import pack
@@ -35,7 +34,7 @@ def sample(batch: Batch, n: int, *, max_tokens: int, min_tokens: int, stop_strin
     rows that end otherwise get `close` appended (None: nothing appended, e.g. a whole answer ended by its stop
     token)."""
     with batch.totals.timed("candidate_decoding"):
-        forked = inference.fork(batch.prefix if prefix is None else prefix, n)
+        forked = batch.generator.fork(batch.prefix if prefix is None else prefix, n)
         result, state = batch.generator.decode(forked, max_new_tokens=max_tokens, min_new_tokens=min_tokens,
                                                stop_token_ids=stop_token_ids, stop_strings=tuple(stop_strings),
                                                **batch.sampling())
@@ -58,7 +57,7 @@ def keep(batch: Batch, cands: Candidates, n: int, winners: np.ndarray, kind: str
     """Makes each question's winner its new prefix (its cache rows selected, not re-run; free slots compacted) and
     records the step."""
     rows = np.arange(batch.size) * n + winners
-    batch.prefix = inference.compact(inference.select_rows(cands.state, rows))
+    batch.prefix = batch.generator.compact(batch.generator.select_rows(cands.state, rows))
     for q, row in enumerate(rows):
         if active is None or active[q]:
             batch.chosen[q].append(cands.tokens[row])

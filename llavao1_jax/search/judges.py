@@ -6,7 +6,6 @@ from typing import Optional
 
 import numpy as np
 
-from llavao1_jax import inference
 from llavao1_jax.inference import DecodeState, bucket_length
 from llavao1_jax.search.batch import Batch
 from llavao1_jax.search.candidates import Candidates
@@ -109,7 +108,7 @@ def compare(batch: Batch, base: DecodeState, kind: str, per_question: int, first
         parts.append(segments.verdict_prefix)
     tokens, mask = pack(parts, rows)
     with batch.totals.timed("judge_prefill"):
-        state = batch.generator.append_tokens(inference.fork(base, per_question), tokens, mask)
+        state = batch.generator.append_tokens(batch.generator.fork(base, per_question), tokens, mask)
     batch.totals.judge_calls += rows
     if config.verdict == "probability":
         logits = np.asarray(state.logits)[:, list(segments.verdict_ids)]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from llavao1_jax import inference
 from llavao1_jax.search.batch import Batch
 from llavao1_jax.search.candidates import keep, sample
 from llavao1_jax.search.judges import score
@@ -32,7 +31,7 @@ def swires(batch: Batch) -> None:
         caption_scores = score(batch, captions, owners, [summaries[q] for q in owners]).reshape(q_count, constants.m)
         best = np.argsort(-caption_scores, axis=1, kind="stable")[:, :constants.keep]
         rows = (np.arange(q_count)[:, None] * constants.m + best).reshape(-1)
-        kept = inference.select_rows(captions.state, rows, copies=constants.keep)
+        kept = batch.generator.select_rows(captions.state, rows, copies=constants.keep)
         reasonings = sample(batch, REASONINGS_PER_CAPTION, stop_strings=("</REASONING>",), close="</REASONING>",
                             prefix=kept, **step)
         per_question = constants.keep * REASONINGS_PER_CAPTION
@@ -61,7 +60,7 @@ def conclude(batch: Batch, pool: list, summaries: list, rounds: list, threshold:
     best = [sorted(entries, key=lambda entry: -entry[0])[:count] for entries in pool]
     forced = [np.concatenate([caption, reasoning]) for entries in best for _, caption, reasoning in entries]
     tokens, mask = pack([forced], q_count * count)
-    start = inference.fork(batch.prefix, count)
+    start = batch.generator.fork(batch.prefix, count)
     with batch.totals.timed("candidate_decoding"):
         start = batch.generator.append_tokens(start, tokens, mask)
     conclusions = sample(batch, 1, max_tokens=config.max_stage_tokens, min_tokens=config.min_stage_tokens,
