@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -83,10 +84,13 @@ def main(argv=None) -> int:
                                  batch_questions=args.batch_questions, seed=args.seed)
         model = lj.load_pretrained(args.model, dtype=args.dtype, scan_layers=False)
         processor = load_processor(Path(args.model), model)
+        start = time.perf_counter()
+        step = lambda kind: print(f"[{kind} chosen, {time.perf_counter() - start:.1f} s]", file=sys.stderr)
         with tqdm(total=len(questions), desc=f"{args.search} search", unit="question", file=sys.stderr,
                   disable=len(questions) == 1) as bar:
             results = lj.search(model, processor, questions, config,
-                                on_batch=lambda done, total: bar.update(done - bar.n))
+                                on_batch=lambda done, total: bar.update(done - bar.n),
+                                on_step=step if len(questions) == 1 else None)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

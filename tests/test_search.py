@@ -93,8 +93,11 @@ def test_cli_prints_the_stages_or_json(setup, capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [row["question"] for row in rows] == [q["question"] for q in questions]
     assert infer.main(["--model", str(root / "model"), "--question", "Hi?", "--image", str(root / "0.png"),
-                       "--search", "greedy", "--max-stage-tokens", "4"]) == 0
-    assert "[SUMMARY]" in capsys.readouterr().out
+                       "--search", "stage", "--n", "2", "--judge", "logprob", "--max-stage-tokens", "4"]) == 0
+    printed = capsys.readouterr()
+    assert "[SUMMARY]" in printed.out
+    assert [line.split()[0] for line in printed.err.splitlines() if line.endswith("s]")] == [
+        f"[{stage}" for stage in STAGES]                                   # progress per stage
     (root / "bad.jsonl").write_text('{"question": "a"}\nnot json\n')
     assert infer.main(["--model", str(root / "model"), "--questions", str(root / "bad.jsonl")]) == 2
     assert "bad.jsonl:2" in capsys.readouterr().err

@@ -17,12 +17,13 @@ from llavao1_jax.search.result import SearchResult, Totals
 
 
 def search(model, processor, questions: Sequence[dict], config: SearchConfig = SearchConfig(), *,
-           on_batch: Optional[Callable[[int, int], None]] = None) -> list[SearchResult]:
+           on_batch: Optional[Callable[[int, int], None]] = None,
+           on_step: Optional[Callable[[str], None]] = None) -> list[SearchResult]:
     """Answers `questions` ([{"question": str, "image": PIL image | path | None}]) with `config.method`.
 
     Questions with and without an image run in separate batches of at most `config.batch_questions`. `model` is
     an `Mllama` (a `Generator` is built for the call) or a `Generator` to reuse (or any object with its methods). `on_batch(done, total)` is called
-    after each batch (progress bars). Raises ValueError naming the question for an empty question, an unreadable
+    after each batch and `on_step(kind)` after each step of a batch (progress). Raises ValueError naming the question for an empty question, an unreadable
     image, or budgets beyond the model's context.
     """
     images = [_image(i, q) for i, q in enumerate(_checked(questions))]
@@ -38,7 +39,7 @@ def search(model, processor, questions: Sequence[dict], config: SearchConfig = S
         batch = Batch(generator=generator, processor=processor, config=config, segments=segments,
                       questions=[questions[i]["question"] for i in indices], images=[images[i] for i in indices],
                       question_tokens=[encode(processor, questions[i]["question"]) for i in indices], prefix=None,
-                      rng=np.random.default_rng([config.seed, number]), reward_fn=reward_fn,
+                      rng=np.random.default_rng([config.seed, number]), reward_fn=reward_fn, on_step=on_step,
                       chosen=[[] for _ in indices])
         for i, result in zip(indices, _run(batch, first_index=indices[0])):
             results[i] = result

@@ -28,6 +28,7 @@ class Batch:
     prefix: Optional[DecodeState]
     rng: np.random.Generator
     reward_fn: Optional[Callable] = None
+    on_step: Optional[Callable[[str], None]] = None   # called with the kind of each step as it completes
     totals: Totals = dataclasses.field(default_factory=Totals)
     chosen: list = dataclasses.field(default_factory=list)
     steps: list = dataclasses.field(default_factory=list)   # the trace of every step

@@ -62,3 +62,5 @@ def keep(batch: Batch, cands: Candidates, n: int, winners: np.ndarray, kind: str
         if active is None or active[q]:
             batch.chosen[q].append(cands.tokens[row])
     batch.steps.append(dict(kind=kind, n=n, candidates=cands, winners=winners, judged=judged, active=active))
+    if batch.on_step is not None:
+        batch.on_step(kind)
