@@ -6,13 +6,15 @@ import numpy as np
 IMAGE_TOKEN = 90
 
 # transformers' own tester sizes, with GQA, llama3 RoPE and two blocks of the 11B layer pattern (cross at 3 and 8).
+# RoPE theta 100 at head_dim 8 gives wavelengths 6.3, 19.9, 62.8 and 199 positions: one below llama3's smoothed band
+# [64 / high_freq_factor, 64 / low_freq_factor] = [16, 64], two inside it and one above.
 HF_CONFIG = {
     "model_type": "mllama",
     "image_token_index": IMAGE_TOKEN,
     "text_config": {
         "model_type": "mllama_text_model", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 10,
         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 37, "hidden_act": "silu",
-        "max_position_embeddings": 512, "rope_theta": 500000.0,
+        "max_position_embeddings": 512, "rope_theta": 100.0,
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 64},
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "cross_attention_layers": [3, 8],

@@ -7,7 +7,8 @@ import pytest
 from flax import nnx
 
 import llavao1_jax as lj
-from hf_reference import HF_CONFIG, IMAGE_TOKEN, hf_logits, make_batch, saved_hf_model, relative_error
+from hf_reference import hf_logits, make_batch, saved_hf_model, relative_error
+from llavao1_jax.model import layers, preset
 
 TOL = 1e-5
 
@@ -121,5 +122,34 @@ def test_bfloat16_forward_close_to_float32(checkpoint, ours):
     assert jax.tree.leaves(nnx.state(bf16, nnx.Param))[0].dtype == np.dtype("bfloat16")
 
 
-def test_image_token_id_is_in_config(ours):
-    assert ours.config.image_token_index == IMAGE_TOKEN == HF_CONFIG["image_token_index"]
+def llama3_wavelengths_by_band(text) -> tuple[int, int, int]:
+    """How many RoPE wavelengths of `text` (a TextConfig) fall below, inside and above llama3's smoothed band."""
+    wavelengths = 2 * np.pi * text.rope_theta ** (np.arange(0, text.head_dim, 2) / text.head_dim)
+    low = text.rope_original_max_position_embeddings / text.rope_high_freq_factor
+    high = text.rope_original_max_position_embeddings / text.rope_low_freq_factor
+    return int((wavelengths < low).sum()), int(((wavelengths >= low) & (wavelengths <= high)).sum()), int(
+        (wavelengths > high).sum())
+
+
+def test_parity_config_exercises_every_rope_band(ours):
+    """The parity tests above see llama3 RoPE's smoothing (they fail when `smooth` and `1 - smooth` are swapped in
+    `layers.rope_inv_freq`) because the checkpoint's wavelengths fall in each of the three bands."""
+    assert llama3_wavelengths_by_band(ours.config.text) == (1, 2, 1)
+
+
+def test_llama3_inverse_frequencies_match_transformers_on_the_11b_config():
+    """The 11B model's inverse RoPE frequencies equal transformers' llama3 initialisation; 6 of its 64 wavelengths lie
+    in the smoothed band. Catches swapped `smooth` / `1 - smooth` in `layers.rope_inv_freq`."""
+    from transformers.models.mllama.configuration_mllama import MllamaTextConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = preset("llama-3.2-11b-vision")
+    text = config.text
+    assert llama3_wavelengths_by_band(text) == (29, 6, 29)
+    hf_text = MllamaTextConfig(**config.to_hf_dict()["text_config"])
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_text, "cpu")
+    got = layers.rope_inv_freq(text.head_dim, text.rope_theta, text.rope_type, text.rope_factor,
+                               text.rope_low_freq_factor, text.rope_high_freq_factor,
+                               text.rope_original_max_position_embeddings)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=0)
