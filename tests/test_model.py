@@ -19,12 +19,41 @@ def param_count(config) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
-def test_11b_parameter_count():
-    assert param_count(preset("llama-3.2-11b-vision")) == 10_670_220_835
+def mllama_parameter_count(config) -> int:
+    """Parameters of an Mllama model from its sizes, written out from transformers' module shapes."""
+    v, t = config.vision, config.text
+    d, i, patches = v.hidden_size, v.intermediate_size, (v.image_size // v.patch_size) ** 2 + 1
+    ratios, tiles = len(v.supported_aspect_ratios) + 1, v.max_num_tiles
+    vision_layer = 4 * d * d + (d * i + i) + (i * d + d) + 2 * 2 * d  # attention, MLP with biases, two LayerNorms
+    vision = (v.num_channels * v.patch_size ** 2 * d + d  # patch embedding, class embedding
+              + patches * d + 1 + ratios * tiles * patches * d  # gated positional embedding (+ its tile part)
+              + 2 * (ratios * tiles * d + 1)  # pre- and post-tile positional embeddings with gates
+              + 2 * 2 * d  # layernorm_pre, layernorm_post
+              + v.num_hidden_layers * vision_layer + v.num_global_layers * (vision_layer + 2))
+    h, kv, ff = t.hidden_size, t.num_key_value_heads * t.head_dim, t.intermediate_size
+    self_layer = 2 * h * h + 2 * h * kv + 3 * h * ff + 2 * h
+    cross_layer = self_layer + 2 * t.head_dim + 2  # q/k norms, attention and MLP gates
+    cross = len([i for i in t.cross_attention_layers if i < t.num_hidden_layers])
+    text = ((t.vocab_size + 8) * h  # embeddings (8 extra image rows)
+            + (t.num_hidden_layers - cross) * self_layer + cross * cross_layer + h + h * t.vocab_size)
+    return vision + v.vision_output_dim * h + h + text
 
 
-def test_mid_preset_is_about_160m():
-    assert 150e6 < param_count(preset("mid")) < 170e6
+@pytest.mark.parametrize("name, count", [("llama-3.2-11b-vision", 10_670_220_835), ("mid", 169_226_507)])
+def test_parameter_counts(name, count):
+    assert param_count(preset(name)) == mllama_parameter_count(preset(name)) == count
+
+
+def test_mid_parameter_count_matches_transformers():
+    """transformers' MllamaForConditionalGeneration built (on the meta device) from the mid preset's config.json."""
+    import torch
+    from transformers import MllamaConfig as HFMllamaConfig, MllamaForConditionalGeneration
+
+    hf_dict = preset("mid").to_hf_dict()
+    with torch.device("meta"):
+        hf_model = MllamaForConditionalGeneration(HFMllamaConfig(**{k: v for k, v in hf_dict.items()
+                                                                   if k != "model_type"}))
+    assert sum(p.numel() for p in hf_model.parameters()) == 169_226_507
 
 
 def test_layer_blocks_of_real_configs():
