@@ -1,14 +1,16 @@
 """Model checks that need no reference: shapes of the real sizes, sharding, remat, config I/O, input validation."""
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors import safe_open
 
 import llavao1_jax as lj
-from hf_reference import HF_CONFIG, make_batch, make_hf_model
+from hf_reference import HF_CONFIG, hf_logits, make_batch, make_hf_model, relative_error
 from llavao1_jax.model import MllamaConfig, preset, relayout
 from llavao1_jax.model.text import block_runs, layer_period
 from llavao1_jax.sharding import make_mesh
@@ -140,8 +142,81 @@ def test_sharded_load_matches_single_device(checkpoint, model):
     np.testing.assert_allclose(np.asarray(sharded(**batch)), np.asarray(model(**batch)), rtol=1e-5, atol=1e-6)
 
 
+class CountingSafetensors:
+    """A safetensors file handle that adds the bytes of every array it returns to `counts[file name]`."""
+
+    def __init__(self, path, counts: dict, **kwargs):
+        self.file, self.name, self.counts = safe_open(path, **kwargs), Path(path).name, counts
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.file.__exit__(*exc)
+
+    def keys(self):
+        return self.file.keys()
+
+    def _count(self, array: np.ndarray) -> np.ndarray:
+        self.counts[self.name] = self.counts.get(self.name, 0) + array.nbytes
+        return array
+
+    def get_tensor(self, name):
+        return self._count(self.file.get_tensor(name))
+
+    def get_slice(self, name):
+        tensor, count = self.file.get_slice(name), self._count
+        return type("CountingSlice", (), {"get_shape": lambda _: tensor.get_shape(),
+                                         "__getitem__": lambda _, index: count(tensor[index])})()
+
+
+def checkpoint_bytes(directory: Path) -> dict[str, int]:
+    """The tensor bytes of every safetensors file in `directory`."""
+    sizes = {}
+    for path in directory.glob("*.safetensors"):
+        with safe_open(path, "numpy") as f:
+            sizes[path.name] = sum(f.get_slice(k)[:].nbytes for k in f.keys())
+    return sizes
+
+
+def test_sharded_load_reads_only_each_devices_shard(checkpoint, monkeypatch):
+    """Loading onto an fsdp=4, tensor=2 mesh, every device reads from the file exactly the bytes of its own shards
+    (a fully replicated parameter is read once): about one checkpoint in all, plus the copies the sharding rules ask
+    for (the vision tower is sharded over fsdp only, so its elements are read twice). Catches whole-tensor reads (8x
+    the checkpoint)."""
+    from llavao1_jax.model import hf_checkpoint
+
+    counts = {}
+    monkeypatch.setattr(hf_checkpoint, "safe_open", lambda path, **kw: CountingSafetensors(path, counts, **kw))
+    model = lj.load_pretrained(checkpoint, mesh=make_mesh(fsdp=4, tensor=2))
+    shards = sum(p.nbytes if p.sharding.is_fully_replicated else sum(s.data.nbytes for s in p.addressable_shards)
+                 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    total = sum(checkpoint_bytes(checkpoint).values())
+    assert sum(counts.values()) == shards < 2 * total
+
+
 def params(model) -> list:
     return [np.asarray(a) for a in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def test_multi_file_checkpoints_both_ways(checkpoint, model, tmp_path):
+    """The Hub's 11B layout (several safetensors files and model.safetensors.index.json) both ways: ours splits at
+    `max_shard_bytes` and transformers loads it with the same logits; we load transformers' split bit-identically."""
+    from transformers import MllamaForConditionalGeneration
+
+    written = lj.save_pretrained(model, tmp_path / "ours", max_shard_bytes=600_000)  # the checkpoint is 916 KB
+    files = checkpoint_bytes(written)
+    index = json.loads((written / "model.safetensors.index.json").read_text())
+    assert len(files) == 3 and max(files.values()) <= 600_000
+    assert sorted(set(index["weight_map"].values())) == sorted(files)
+    assert index["metadata"]["total_size"] == sum(files.values()) == sum(checkpoint_bytes(checkpoint).values())
+    hf_model = MllamaForConditionalGeneration.from_pretrained(written, attn_implementation="eager").float()
+    batch = make_batch(np.random.default_rng(4), [[6], [2]], 8, [[1], [0]])
+    assert relative_error(model(**batch), hf_logits(hf_model, batch)) < 1e-5
+    hf_model.save_pretrained(tmp_path / "hf", max_shard_size="300KB")
+    assert len(checkpoint_bytes(tmp_path / "hf")) > 2 and (tmp_path / "hf" / "model.safetensors.index.json").exists()
+    for a, b in zip(params(model), params(lj.load_pretrained(tmp_path / "hf"))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_relayout_is_bit_identical_both_ways_and_gives_the_same_logits(model):
