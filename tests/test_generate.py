@@ -207,6 +207,52 @@ def test_sampling_seeds(ours):
     assert (a.tokens != lj.generate(ours, batch, seed=4, **kwargs).tokens).any()
 
 
+ROWS = 2048  # copies of one prompt sampled at once
+
+
+def sampling_prompt():
+    return dict(input_ids=np.repeat(np.random.default_rng(21).integers(3, 99, (1, 9)), ROWS, axis=0))
+
+
+def test_first_sampled_token_follows_the_filtered_softmax(ours):
+    """Over 2048 copies of one prompt, the first token `lj.generate` samples (temperature 0.25, top_p 0.8) follows
+    transformers' temperature + top-p filtered softmax of the forward pass's last logits: nothing outside the nucleus,
+    and a seeded chi-square test at the 0.999 quantile. Catches temperature or top_p dropped inside `generate`."""
+    import torch
+    from scipy.stats import chi2
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    temperature, top_p = 0.25, 0.8
+    batch = sampling_prompt()
+    logits = torch.from_numpy(np.asarray(ours(input_ids=batch["input_ids"][:1]))[:, -1])
+    filtered = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits))
+    expected = torch.softmax(filtered, -1)[0].numpy().astype(np.float64)
+    kept = expected > 0
+    mass = np.sort(torch.softmax(logits / temperature, -1)[0].numpy())[::-1].cumsum()
+    assert np.abs(mass - top_p).min() > 1e-3 and 5 < kept.sum() < 90  # a clear cut that removes many tokens
+    out = lj.generate(ours, batch, max_new_tokens=1, do_sample=True, temperature=temperature, top_p=top_p,
+                      stop_token_ids=(), seed=0)
+    counts = np.bincount(out.tokens[:, 0], minlength=len(expected))
+    assert not counts[~kept].any(), "sampled a token outside the nucleus"
+    want, got = expected[kept] * ROWS, counts[kept]
+    small = want < 5
+    if small.any():  # pool the rare tokens into one bin
+        want, got = np.append(want[~small], want[small].sum()), np.append(got[~small], got[small].sum())
+    statistic = ((got - want) ** 2 / want).sum()
+    assert statistic < chi2.ppf(0.999, len(want) - 1), (statistic, len(want))
+
+
+def test_consecutive_steps_draw_independent_keys(ours):
+    """At temperature 1000 every token is about equally likely (1/99), so consecutive tokens of a row agree about 1%
+    of the time when each step draws a fresh key; one key reused at every step repeats the same Gumbel noise and
+    nearly always the same token. Catches a reused step key."""
+    out = lj.generate(ours, sampling_prompt(), max_new_tokens=3, do_sample=True, temperature=1000.0,
+                      stop_token_ids=(), seed=0)
+    repeats = (out.tokens[:, 1:] == out.tokens[:, :-1]).mean()
+    assert repeats < 0.03, repeats
+    assert len(np.unique(out.tokens)) == 99
+
+
 def test_sharded_decoding_matches(checkpoint, ours):
     """On a (data 2, tensor 2) mesh of fake CPU devices, with the parameters placed by the project's rules, the cache
     is split by rows and K/V heads; tokens agree with unsharded decoding."""
