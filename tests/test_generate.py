@@ -71,6 +71,21 @@ def test_greedy_stops_at_eos_like_transformers(checkpoint, ours):
     assert out.finish_reason[0] == "stop_token" and out.lengths[0] <= 10
 
 
+def test_min_new_tokens_like_transformers(checkpoint, ours):
+    """Stop tokens are masked for the first min_new_tokens steps as transformers' `min_new_tokens` masks eos: the eos
+    id is the token row 0 picks at step 2, so its greedy path changes there, and row 1 stops after step 5 where
+    transformers' does. Catches min_new_tokens ignored or applied to the wrong steps."""
+    batch = image_batch()
+    free = hf_generate(checkpoint[0], batch, max_new_tokens=NEW, min_new_tokens=NEW)
+    eos = int(free[0, 1])
+    ref = hf_generate(checkpoint[0], batch, max_new_tokens=NEW, min_new_tokens=5, eos_token_id=eos, pad_token_id=0)
+    out = lj.generate(ours, batch, max_new_tokens=NEW, min_new_tokens=5, stop_token_ids=[eos])
+    for row, n, expected in zip(out.tokens, out.lengths, ref):
+        stop = np.flatnonzero(expected == eos)
+        np.testing.assert_array_equal(row[:n], expected[:stop[0] + 1] if stop.size else expected)
+    assert eos not in ref[0, :5] and (ref[0, :5] != free[0, :5]).any() and eos in ref[1, 5:]
+
+
 def test_cache_matches_full_forward(ours):
     """Logits after prefill and after every teacher-forced token equal the full-sequence forward logits, and the
     decode loop's log-probabilities are those of the forward pass."""
@@ -182,10 +197,6 @@ def test_stops_budgets_and_decoder_chunks(ours):
     assert per_row.lengths.tolist() == [3, 7] and per_row.tokens.shape == (2, 7)
     np.testing.assert_array_equal(per_row.tokens[1], free.tokens[1, :7])
     assert not per_row.tokens[0, 3:].any()
-    # a stop token before min_new_tokens is masked: the row goes on past it
-    stop = int(free.tokens[0, 1])
-    late = lj.generate(ours, batch, max_new_tokens=12, stop_token_ids=[stop], min_new_tokens=5)
-    assert stop not in late.tokens[0, :5].tolist()
     # streaming in chunks of 3 steps gives the same tokens as one run
     decoder = inference.Decoder(ours, inference.prefill(ours, batch, max_new_tokens=12), max_new_tokens=12,
                                 stop_token_ids=())
