@@ -7,28 +7,33 @@ CORE = [
     "optax",
     "orbax-checkpoint",
     "ml_collections",
+    "absl-py",
     "numpy",
     "safetensors",
     "pillow",
     "tqdm",
+    "jinja2",
     # Tokenizer: the Llama-3 BPE ranks ship in llama-models; transformers (without torch) wraps them as a fast tokenizer.
     "llama-models",
-    "tiktoken",
     "tokenizers",
     "transformers>=4.54",
-    # Data pipeline: TFDS builders read back through ArrayRecord without TensorFlow.
+    # Data: TFDS builders written as ArrayRecord (array-record) and read back through Grain without TensorFlow, which
+    # needs importlib_resources.
     "tensorflow-datasets",
     "importlib_resources",
     "array-record",
     "grain",
-    "matplotlib",
 ]
 
 EXTRAS = {
-    # Parity is checked against this exact transformers version (Meta's intermediate-layer semantics, see
-    # ../shared/reference/mllama.md section 7.1); torch is the CPU build used only as the reference.
-    "test": ["pytest", "transformers==4.54.1", "torch==2.13.0"],
+    # Parity is checked against this exact transformers version (Meta's vision intermediate-layer semantics; see
+    # docs/model.md); torch is the CPU build, used only as the reference. scipy: chi-square tests of sampling.
+    "test": ["pytest", "scipy", "transformers==4.54.1", "torch==2.13.0"],
 }
+
+CONSOLE_SCRIPTS = [
+    "llavao1-generate = llavao1_jax.cli.generate:main",
+]
 
 setuptools.setup(
     name="llavao1_jax",
@@ -39,4 +44,5 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

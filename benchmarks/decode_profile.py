@@ -28,7 +28,6 @@ import jax.numpy as jnp
 from generate import prompts, random_model
 from llavao1_jax import inference
 from llavao1_jax.inference import engine
-from llavao1_jax.inference.decoding_model import prepare
 from llavao1_jax.model import preset
 
 HLO_OP = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(")
@@ -72,12 +71,14 @@ def main():
     batch = prompts(config, args.batch, 64)
     options = dict(max_new_tokens=args.steps, min_new_tokens=args.steps)
 
+    generator = inference.Generator(model)
+
     def decoder():
-        state = inference.prefill(model, batch, max_new_tokens=args.steps + args.room)
-        return inference.Decoder(model, jax.block_until_ready(state), **options)
+        state = generator.prefill(batch, max_new_tokens=args.steps + args.room)
+        return inference.Decoder(generator, jax.block_until_ready(state), **options)
 
     warm = decoder()
-    graphdef, params, head_t = prepare(model)
+    graphdef, params, head_t = generator.decoding_model
     compiled = engine.decode.lower(graphdef, warm.sampling, params, head_t, warm.state, warm.gen, warm.stopping,
                                    jnp.asarray(args.steps, jnp.int32)).compile().as_text()
     warm.run()

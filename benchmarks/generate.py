@@ -78,17 +78,18 @@ def best_of(repeats: int, fn) -> float:
 
 def ours(model, batch: dict, new_tokens: int, repeats: int) -> dict:
     options = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    generator = inference.Generator(model)
 
     def first_token():
-        decoder = inference.Decoder(model, inference.prefill(model, batch, max_new_tokens=new_tokens), **options)
+        decoder = inference.Decoder(generator, generator.prefill(batch, max_new_tokens=new_tokens), **options)
         decoder.run(1)
 
     start = time.perf_counter()
-    tokens = lj.generate(model, batch, **options).tokens  # compiles prefill and the decode loop
+    tokens = generator.generate(batch, **options).tokens  # compiles prefill and the decode loop
     first_call = time.perf_counter() - start
     first_token()
     ttft = best_of(repeats, first_token)
-    total = best_of(repeats, lambda: lj.generate(model, batch, **options))
+    total = best_of(repeats, lambda: generator.generate(batch, **options))
     return dict(ttft=ttft, total=total, compile=first_call - total, tokens=tokens)
 
 

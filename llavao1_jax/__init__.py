@@ -15,7 +15,11 @@ _EXPORTS = {
     # processor
     "Processor": "llavao1_jax.processor",
     # inference
+    "Generator": "llavao1_jax.inference",
     "generate": "llavao1_jax.inference",
+    # search (`lj.search(...)` calls the subpackage, which is callable: see llavao1_jax/search/__init__.py)
+    "SearchConfig": "llavao1_jax.search",
+    "search": "llavao1_jax.search",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -20,6 +20,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 import llavao1_jax as lj
+from llavao1_jax.cli.quiet import quiet_library_logs
 from llavao1_jax.config_utils import write_config
 from llavao1_jax.data.synthetic_reasoning import draw_scene, make_problem
 from llavao1_jax.model import preset
@@ -70,12 +71,13 @@ def run(config) -> dict:
         logits = np.asarray(model(**batch))
     with Timer("forward: run again (compiled)") as forward:
         np.asarray(model(**batch))
+    generator = lj.Generator(model)
     with Timer(f"generate {config.max_new_tokens} tokens (greedy, compile + run)"):
-        lj.generate(model, batch, max_new_tokens=config.max_new_tokens, min_new_tokens=config.max_new_tokens,
-                    stop_token_ids=())
+        generator.generate(batch, max_new_tokens=config.max_new_tokens, min_new_tokens=config.max_new_tokens,
+                           stop_token_ids=())
     with Timer(f"generate {config.max_new_tokens} tokens (compiled)") as gen_time:
-        result = lj.generate(model, batch, max_new_tokens=config.max_new_tokens, processor=processor,
-                             min_new_tokens=config.max_new_tokens, stop_token_ids=())
+        result = generator.generate(batch, max_new_tokens=config.max_new_tokens, processor=processor,
+                                    min_new_tokens=config.max_new_tokens, stop_token_ids=())
     with Timer("save to Hugging Face format and load back"), tempfile.TemporaryDirectory() as tmp:
         lj.save_pretrained(model, tmp)
         reloaded = lj.load_pretrained(tmp, scan_layers=False)
@@ -95,6 +97,7 @@ def run(config) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
+    quiet_library_logs()
     run(_CONFIG.value)
 
 

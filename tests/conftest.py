@@ -10,6 +10,11 @@ import pytest  # noqa: E402
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
+from absl import flags  # noqa: E402
+
+# The test process stands in for a program started by absl.app: Grain's worker processes read absl flags.
+flags.FLAGS.mark_as_parsed()
+
 
 def pytest_collection_modifyitems(config, items):
     if jax.default_backend() == "gpu":

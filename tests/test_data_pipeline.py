@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+from absl import flags
 
 from llavao1_jax.data import build, formats, pipeline, records
 from llavao1_jax.processor import Processor
@@ -193,3 +194,13 @@ def test_resume_with_worker_processes(source, processor):
         _assert_same_batches([next(resumed) for _ in range(3)], expected[2:])
     finally:
         resumed.close()
+
+
+def test_worker_processes_need_parsed_absl_flags(source, processor):
+    """The pipeline leaves the program's absl flags alone and says how to parse them."""
+    flags.FLAGS.unparse_flags()
+    try:
+        with pytest.raises(ValueError, match="absl.app.run"):
+            _iterator(source, processor, num_workers=1)
+    finally:
+        flags.FLAGS.mark_as_parsed()

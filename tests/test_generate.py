@@ -24,6 +24,11 @@ def ours(checkpoint):
     return lj.load_pretrained(checkpoint[1], scan_layers=False)
 
 
+@pytest.fixture(scope="module")
+def gen(ours):
+    return inference.Generator(ours)
+
+
 def image_batch():
     """Two prompts of different lengths (left-padded): a 4-tile image and a 2-tile + 3-tile pair."""
     return make_batch(np.random.default_rng(11), [[6, 0], [5, 7]], 13, [[4, -1], [2, 6]], left_pad=[4, 0])
@@ -86,7 +91,7 @@ def test_min_new_tokens_like_transformers(checkpoint, ours):
     assert eos not in ref[0, :5] and (ref[0, :5] != free[0, :5]).any() and eos in ref[1, 5:]
 
 
-def test_cache_matches_full_forward(ours):
+def test_cache_matches_full_forward(ours, gen):
     """Logits after prefill and after every teacher-forced token equal the full-sequence forward logits, and the
     decode loop's log-probabilities are those of the forward pass."""
     batch = image_batch()
@@ -100,10 +105,10 @@ def test_cache_matches_full_forward(ours):
     s = batch["input_ids"].shape[1]
     scale = np.abs(logits).max()
 
-    state = inference.prefill(ours, batch, max_new_tokens=12)
+    state = gen.prefill(batch, max_new_tokens=12)
     for t in range(12):
         np.testing.assert_allclose(np.asarray(state.logits), logits[:, s - 1 + t], atol=2e-5 * scale)
-        state = inference.append_tokens(ours, state, out.tokens[:, t:t + 1])
+        state = gen.append_tokens(state, out.tokens[:, t:t + 1])
     chosen = np.take_along_axis(jax.nn.log_softmax(logits[:, s - 1:-1]), out.tokens[..., None], -1)[..., 0]
     np.testing.assert_allclose(out.logprobs, chosen, atol=1e-4)
 
@@ -127,69 +132,69 @@ def test_prompt_lengths_share_a_bucket_without_recompiling(ours):
     assert engine.prefill._cache_size() == prefills and engine.decode._cache_size() == decodes
 
 
-def test_fork_continues_each_prefix(ours):
+def test_fork_continues_each_prefix(ours, gen):
     batch = image_batch()
     greedy = lj.generate(ours, batch, max_new_tokens=6, min_new_tokens=6)
-    forked = inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3)
-    out, _ = inference.decode(ours, forked, max_new_tokens=6, min_new_tokens=6)
+    forked = inference.fork(gen.prefill(batch, max_new_tokens=16), 3)
+    out, _ = gen.decode(forked, max_new_tokens=6, min_new_tokens=6)
     np.testing.assert_array_equal(out.tokens, np.repeat(greedy.tokens, 3, axis=0))
     options = dict(max_new_tokens=6, do_sample=True, temperature=1.5)
-    sampled, _ = inference.decode(ours, inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3), **options)
+    sampled, _ = gen.decode(inference.fork(gen.prefill(batch, max_new_tokens=16), 3), **options)
     assert len({tuple(row) for row in sampled.tokens}) == 6  # copies of one prefix sample differently
-    again, _ = inference.decode(ours, inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3), **options)
+    again, _ = gen.decode(inference.fork(gen.prefill(batch, max_new_tokens=16), 3), **options)
     np.testing.assert_array_equal(again.tokens, sampled.tokens)
-    fresh = inference.reseed(inference.fork(inference.prefill(ours, batch, max_new_tokens=16), 3), seed=1)
-    assert (inference.decode(ours, fresh, **options)[0].tokens != sampled.tokens).any()  # a new round of samples
+    fresh = inference.reseed(inference.fork(gen.prefill(batch, max_new_tokens=16), 3), seed=1)
+    assert (gen.decode(fresh, **options)[0].tokens != sampled.tokens).any()  # a new round of samples
 
 
-def test_forked_copies_share_the_image_rows(ours):
+def test_forked_copies_share_the_image_rows(ours, gen):
     """Copies of a prefix share its cross K/V row through forks of forks, teacher forcing and decoding; selecting rows
     gives each its own again."""
     batch = image_batch()
     greedy = lj.generate(ours, batch, max_new_tokens=6, min_new_tokens=6)
     greedy, logprobs = greedy.tokens, greedy.logprobs
-    prefix = lambda: inference.prefill(ours, batch, max_new_tokens=16)
+    prefix = lambda: gen.prefill(batch, max_new_tokens=16)
     twice = inference.fork(inference.fork(prefix(), 3), 2)
     assert twice.batch_size == 12 and twice.copies == 6 and twice.cache.cross_k[0].shape[0] == 2
-    forced = inference.append_tokens(ours, twice, np.repeat(greedy[:, :2], 6, axis=0))
-    out, _ = inference.decode(ours, forced, max_new_tokens=4, min_new_tokens=4)
+    forced = gen.append_tokens(twice, np.repeat(greedy[:, :2], 6, axis=0))
+    out, _ = gen.decode(forced, max_new_tokens=4, min_new_tokens=4)
     np.testing.assert_array_equal(out.tokens, np.repeat(greedy[:, 2:], 6, axis=0))
     picked = inference.select_rows(inference.fork(prefix(), 3), np.array([4, 0, 2]))
     assert picked.copies == 1 and picked.cache.cross_k[0].shape[0] == 3
-    out, _ = inference.decode(ours, picked, max_new_tokens=6, min_new_tokens=6)
+    out, _ = gen.decode(picked, max_new_tokens=6, min_new_tokens=6)
     np.testing.assert_array_equal(out.tokens, greedy[[1, 0, 0]])
     np.testing.assert_allclose(out.logprobs, logprobs[[1, 0, 0]], rtol=1e-5)  # each row read its own image
 
 
-def test_select_and_append_continue_a_chosen_candidate(ours):
+def test_select_and_append_continue_a_chosen_candidate(ours, gen):
     """A search keeps candidate 1 of 2 (select_rows) or teacher-forces its tokens (append_tokens) onto the prefix;
     both continue exactly like one generation of the whole length."""
     batch = make_batch(np.random.default_rng(5), [[6]], 10, [[2]])
     whole = lj.generate(ours, batch, max_new_tokens=10, min_new_tokens=10)
-    first, state = inference.decode(ours, inference.fork(inference.prefill(ours, batch, max_new_tokens=32), 2),
+    first, state = gen.decode(inference.fork(gen.prefill(batch, max_new_tokens=32), 2),
                                     max_new_tokens=4, min_new_tokens=4)
     kept = inference.select_rows(state, np.array([1]))
-    rest, _ = inference.decode(ours, kept, max_new_tokens=6, min_new_tokens=6)
+    rest, _ = gen.decode(kept, max_new_tokens=6, min_new_tokens=6)
     np.testing.assert_array_equal(np.concatenate([first.tokens[1], rest.tokens[0]]), whole.tokens[0])
-    forced = inference.append_tokens(ours, inference.prefill(ours, batch, max_new_tokens=32),
+    forced = gen.append_tokens(gen.prefill(batch, max_new_tokens=32),
                                      whole.tokens[:, :4])
-    rest, _ = inference.decode(ours, forced, max_new_tokens=6, min_new_tokens=6)
+    rest, _ = gen.decode(forced, max_new_tokens=6, min_new_tokens=6)
     np.testing.assert_array_equal(rest.tokens[0], whole.tokens[0, 4:])
 
 
-def test_append_rows_of_different_lengths(ours):
+def test_append_rows_of_different_lengths(ours, gen):
     rng = np.random.default_rng(6)
     prompt, extra = rng.integers(3, 99, (2, 7)), rng.integers(3, 99, (2, 5))
     mask = np.ones((2, 5), bool)
     mask[1, 3:] = False
-    state = inference.append_tokens(ours, inference.prefill(ours, dict(input_ids=prompt), max_new_tokens=8), extra,
+    state = gen.append_tokens(gen.prefill(dict(input_ids=prompt), max_new_tokens=8), extra,
                                     mask)
     for row, n in ((0, 5), (1, 3)):
         ref = np.asarray(ours(np.concatenate([prompt[row], extra[row, :n]])[None]))[0, -1]
         np.testing.assert_allclose(np.asarray(state.logits[row]), ref, atol=1e-5 * np.abs(ref).max())
 
 
-def test_stops_budgets_and_decoder_chunks(ours):
+def test_stops_budgets_and_decoder_chunks(ours, gen):
     batch = image_batch()
     free = lj.generate(ours, batch, max_new_tokens=12, stop_token_ids=())
     assert free.finish_reason == ["length", "length"]
@@ -198,7 +203,7 @@ def test_stops_budgets_and_decoder_chunks(ours):
     np.testing.assert_array_equal(per_row.tokens[1], free.tokens[1, :7])
     assert not per_row.tokens[0, 3:].any()
     # streaming in chunks of 3 steps gives the same tokens as one run
-    decoder = inference.Decoder(ours, inference.prefill(ours, batch, max_new_tokens=12), max_new_tokens=12,
+    decoder = inference.Decoder(gen, gen.prefill(batch, max_new_tokens=12), max_new_tokens=12,
                                 stop_token_ids=())
     chunks = 1
     while not decoder.run(3):
@@ -272,42 +277,49 @@ def test_sharded_decoding_matches(checkpoint, ours):
     mesh = make_mesh(data=2, fsdp=1, tensor=2, devices=jax.devices()[:4])
     sharded = lj.load_pretrained(checkpoint[1], mesh=mesh, scan_layers=False)
     with jax.set_mesh(mesh):
-        state = inference.prefill(sharded, batch, max_new_tokens=8)
+        sharded_gen = inference.Generator(sharded)
+        state = sharded_gen.prefill(batch, max_new_tokens=8)
         spec = state.cache.self_k[0].sharding.spec
-        out, state = inference.decode(sharded, state, max_new_tokens=6, min_new_tokens=6)
+        out, state = sharded_gen.decode(state, max_new_tokens=6, min_new_tokens=6)
     assert tuple(spec)[:2] == ("data", "tensor")
     assert state.cache.cross_k[0].sharding.spec[0] == "data"
     np.testing.assert_array_equal(out.tokens, want)
     with jax.set_mesh(mesh):  # copies sharing their image rows across the data shards
-        forked = inference.fork(inference.prefill(sharded, batch, max_new_tokens=8), 2)
-        out, _ = inference.decode(sharded, forked, max_new_tokens=6, min_new_tokens=6)
+        forked = inference.fork(sharded_gen.prefill(batch, max_new_tokens=8), 2)
+        out, _ = sharded_gen.decode(forked, max_new_tokens=6, min_new_tokens=6)
     np.testing.assert_array_equal(out.tokens, np.repeat(want, 2, axis=0))
 
 
 def test_scanned_model_is_converted_once_with_a_warning(checkpoint, ours):
-    """A scanned model decodes through a per-layer copy made once (one warning) and kept while its parameters stay;
+    """A Generator of a scanned model decodes through a per-layer copy made once, when it is built (one warning);
     it generates what the per-layer model generates."""
     scanned = lj.load_pretrained(checkpoint[1])
     batch = text_batch()
     want = lj.generate(ours, batch, max_new_tokens=5).tokens
     with pytest.warns(UserWarning, match=r"per-layer.*scan_layers=False") as record:
-        got = lj.generate(scanned, batch, max_new_tokens=5).tokens
-        again = lj.generate(scanned, batch, max_new_tokens=5).tokens
+        generator = inference.Generator(scanned)
+        got = generator.generate(batch, max_new_tokens=5).tokens
+        again = generator.generate(batch, max_new_tokens=5).tokens
     assert len([w for w in record if "per-layer" in str(w.message)]) == 1
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(again, want)
 
 
 def test_decoding_sees_updated_parameters(checkpoint):
-    """The engine's prepared form of a model follows parameter updates (as a training step makes them): with a zero
-    LM head every logit ties and greedy decoding picks token 0."""
+    """Generation sees parameter updates (as a training step makes them) through a new Generator, while one built
+    before keeps the arrays it was built with, in the LM-head copy (2 rows on CPU) and in the parameters (1 row)
+    alike: with a zero LM head every logit ties and greedy decoding picks token 0."""
     model = lj.load_pretrained(checkpoint[1], scan_layers=False)
-    before = lj.generate(model, text_batch(), max_new_tokens=5).tokens
-    assert (before != 0).any()
+    generator = inference.Generator(model)
+    batches = (text_batch(), {k: v[:1] for k, v in text_batch().items()})
+    before = [generator.generate(batch, max_new_tokens=5).tokens for batch in batches]
+    assert all((tokens != 0).any() for tokens in before)
     state = nnx.state(model)
     state["language_model"]["lm_head"]["kernel"] = jax.numpy.zeros_like(state["language_model"]["lm_head"]["kernel"])
     nnx.update(model, state)
-    np.testing.assert_array_equal(lj.generate(model, text_batch(), max_new_tokens=5).tokens, 0)
+    for batch, tokens in zip(batches, before):
+        np.testing.assert_array_equal(lj.generate(model, batch, max_new_tokens=5).tokens, 0)
+        np.testing.assert_array_equal(generator.generate(batch, max_new_tokens=5).tokens, tokens)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -335,11 +347,11 @@ def test_bad_options(ours, kwargs, message):
         lj.generate(ours, text_batch(), **dict(dict(max_new_tokens=4), **kwargs))
 
 
-def test_cache_room_is_checked(ours):
-    state = inference.prefill(ours, text_batch(), max_new_tokens=8)  # room rounds up to 64
+def test_cache_room_is_checked(gen):
+    state = gen.prefill(text_batch(), max_new_tokens=8)  # room rounds up to 64
     with pytest.raises(ValueError, match="room"):
-        inference.Decoder(ours, state, max_new_tokens=65)
+        inference.Decoder(gen, state, max_new_tokens=65)
     with pytest.raises(ValueError, match="room"):
-        inference.append_tokens(ours, state, np.ones((2, 70), np.int64))
+        gen.append_tokens(state, np.ones((2, 70), np.int64))
     with pytest.raises(ValueError, match="token ids"):
-        inference.append_tokens(ours, state, np.full((2, 3), -1))
+        gen.append_tokens(state, np.full((2, 3), -1))

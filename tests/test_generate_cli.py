@@ -1,19 +1,14 @@
-"""The streaming command line on a tiny random checkpoint with the real vocabulary and the packaged tokenizer.
-
-The module is loaded with runpy: importing `llavao1_jax.generate` would make the submodule shadow `lj.generate`.
-"""
+"""The streaming command line on a tiny random checkpoint with the real vocabulary and the packaged tokenizer."""
 import io
-import runpy
-import types
 
 import numpy as np
 import PIL.Image
 import pytest
 
 import llavao1_jax as lj
+from llavao1_jax import inference
+from llavao1_jax.cli import generate as cli
 from llavao1_jax.model import preset
-
-cli = types.SimpleNamespace(**runpy.run_module("llavao1_jax.generate", run_name="cli"))
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +28,7 @@ def test_streams_the_answer_in_chunks(files, monkeypatch):
     writes = []
     out = io.StringIO()
     monkeypatch.setattr(out, "write", lambda s: writes.append(s) or len(s))
-    result = cli.stream(model, processor, batch, args, out=out)
+    result = cli.stream(inference.Generator(model), processor, batch, args, out=out)
     assert result.lengths[0] == 12 and result.finish_reason[0] == "length"
     assert "".join(writes) == result.texts[0] + "\n"
     assert len(writes) == 4  # chunks of 5, 5 and 2 tokens, then the newline
@@ -43,4 +38,3 @@ def test_errors_are_reported_not_raised(files, capsys):
     assert cli.main(["--model", str(files / "model"), "--image", str(files / "missing.png"), "--prompt", "x"]) == 2
     assert "missing.png" in capsys.readouterr().err
     assert cli.main(["--model", str(files / "nowhere"), "--prompt", "x"]) == 2
-    assert callable(lj.generate)

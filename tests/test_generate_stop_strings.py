@@ -10,12 +10,14 @@ from llavao1_jax.inference import stop_strings
 
 
 def first_match(vocab, strings, tokens):
-    """Brute force: the first step at which the decoded text contains a stop string."""
+    """Brute force: the first step at which the decoded text contains a stop string, and which strings it contains
+    then (None if it never does)."""
     text = b""
     for step, token in enumerate(tokens):
         text += vocab[token]
-        if any(s.encode() in text for s in strings):
-            return step
+        found = [s.encode() in text for s in strings]
+        if any(found):
+            return step, found
     return None
 
 
@@ -29,11 +31,15 @@ def test_automaton_matches_brute_force():
     rows = rng.integers(0, len(vocab), (64, 40))
     state = stop_strings.initial_state(tables, len(rows))
     found = np.full(len(rows), -1)
+    which = np.zeros((len(rows), len(strings)), bool)
     for step in range(rows.shape[1]):
         state, matched = stop_strings.step(tables, state, jnp.asarray(rows[:, step]))
-        found = np.where((found < 0) & np.asarray(matched), step, found)
+        first = (found < 0) & np.asarray(matched).any(axis=1)
+        which[first] = np.asarray(matched)[first]
+        found = np.where(first, step, found)
     expected = [first_match(vocab, strings, row) for row in rows]
-    assert found.tolist() == [-1 if e is None else e for e in expected]
+    assert found.tolist() == [-1 if e is None else e[0] for e in expected]
+    assert [w.tolist() for w, e in zip(which, expected) if e] == [e[1] for e in expected if e]
     assert sum(e is not None for e in expected) > 20
 
 
@@ -60,7 +66,7 @@ def test_llama_vocabulary_bytes_and_tokenisations(tokenizer):
         hits = []
         for i in ids:
             state, matched = stop_strings.step(tables, state, jnp.asarray([i]))
-            hits.append(bool(matched[0]))
+            hits.append(bool(matched[0, 0]))
         assert any(hits) == ("</SUMMARY>" in "".join(split)), split
         assert not any(hits[:-1]), "must fire on the token that completes the string, not before"
 
@@ -94,6 +100,12 @@ def test_generation_stops_on_a_string(model):
     stop = tok.decode(row[end - 2:end + 1])[1:]  # "1;t2;t3;": starts inside a token
     out = lj.generate(model, batch, max_new_tokens=16, stop_strings=[stop], processor=tok, stop_token_ids=())
     assert out.finish_reason[0] == "stop_string" and out.lengths[0] == end + 1
+    assert out.stop_string[0] == stop
+    never = "t1000;"  # no token id 1000: the row reports the string that did end it
+    both = lj.generate(model, batch, max_new_tokens=16, stop_strings=[never, stop], processor=tok, stop_token_ids=())
+    assert both.stop_string[0] == stop and both.lengths[0] == end + 1
+    assert [s for s, r in zip(both.stop_string, both.finish_reason) if r != "stop_string"] == [None] * sum(
+        r != "stop_string" for r in both.finish_reason)
     assert out.texts[0] == tok.decode(row[:end + 1]) and out.texts[0].endswith(stop)
     late = lj.generate(model, batch, max_new_tokens=16, stop_strings=[stop], processor=tok, stop_token_ids=(),
                        min_new_tokens=end + 2)

@@ -1,6 +1,6 @@
 """The four-stage answer format of LLaVA-CoT and the two ablation renderings of the same answer.
 
-An answer in the tagged format (`../shared/reference/llava_cot.md` section 1) is
+An answer in the tagged format (docs/answer_format.md) is
 
     <SUMMARY> ... </SUMMARY>
 
@@ -23,13 +23,17 @@ _TAGS = tuple(tag for name in STAGE_NAMES for tag in (f"<{name}>", f"</{name}>")
 _TAG_RE = re.compile("|".join(re.escape(tag) for tag in _TAGS))
 
 
-class StageError(ValueError):
-    """An answer whose stage tags are missing, repeated or out of order; `reason` is a short stable key."""
+class ReasonedError(ValueError):
+    """A bad input with `reason`, a short stable key to count by, and a human-readable `detail`."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class StageError(ReasonedError):
+    """An answer whose stage tags are missing, repeated or out of order."""
 
 
 @dataclasses.dataclass(frozen=True)

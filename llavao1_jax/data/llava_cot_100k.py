@@ -25,13 +25,8 @@ IMAGE_PLACEHOLDER = "<image>"
 _REQUIRED_FIELDS = (("id", (str, int)), ("image", str), ("conversations", list))
 
 
-class InvalidRecord(ValueError):
-    """One jsonl line that cannot be used; `reason` is a short stable key (the report counts by it)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+class InvalidRecord(formats.ReasonedError):
+    """One jsonl line that cannot be used (the report counts skipped lines by `reason`)."""
 
 
 class InvalidRecordError(RuntimeError):

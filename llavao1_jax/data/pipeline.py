@@ -156,7 +156,8 @@ def sft_dataset(source, processor, *, batch_size: int, buckets=DEFAULT_BUCKETS, 
       seed: shuffling seed (each epoch gets its own order).
       shuffle: False keeps the source order (evaluation).
       num_epochs: epochs to read; None repeats forever.
-      num_workers: worker processes for decoding, preprocessing, tokenising and batching (0: in the calling thread).
+      num_workers: worker processes for decoding, preprocessing, tokenising and batching (0: in the calling thread);
+        needs the program's absl flags parsed (`absl.app.run`).
       worker_buffer_size: batches each worker prepares ahead.
     """
     buckets = tuple(int(b) for b in buckets)
@@ -175,18 +176,20 @@ def sft_dataset(source, processor, *, batch_size: int, buckets=DEFAULT_BUCKETS, 
                             batch_fn=functools.partial(collate, processor=processor, buckets=buckets))
     iterable = dataset.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=worker_buffer_size))
     if num_workers:
-        _mark_absl_flags_parsed()
+        _check_absl_flags_parsed()
         iterable = iterable.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                                      per_worker_buffer_size=worker_buffer_size))
     return iterable
 
 
-def _mark_absl_flags_parsed() -> None:
-    """Grain's multiprocess prefetch reads an absl flag, which raises unless flags were parsed (google/grain#1355); a
-    program not started by `absl.app` gets the flags' defaults."""
+def _check_absl_flags_parsed() -> None:
+    """Grain's worker processes read Grain's absl flags, which raises unless the program parsed its flags
+    (google/grain#1355). The program owns its flags, so this only checks and says how to fix it."""
     from absl import flags
     if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
+        raise ValueError("num_workers > 0 needs absl flags parsed (Grain's worker processes read them): start the "
+                         "program with absl.app.run(main), or call absl.flags.FLAGS.mark_as_parsed() once at start-up "
+                         "to use the flags' defaults")
 
 
 class SFTIterator:

@@ -39,13 +39,14 @@ class Stopping(NamedTuple):
 
 
 def advance(model: Mllama, head_t, state: DecodeState, tokens: jax.Array, valid: jax.Array, cross_rows=None,
-            image_states=None) -> DecodeState:
+            image_states=None, score: bool = False):
     """Feeds a chunk of tokens [B, S] to the cache at slots [index, index + S) (traceable).
 
     valid [B, S] bool marks real tokens (others take a slot that no row attends to). RoPE positions continue each
     row's count. cross_rows [B, S, images, tiles] is the chunk's cross-attention mask (default: the state's last row
     for every token); image_states (prefill only) are the projected image features the cross K/V are computed from.
-    Rows with no valid token keep their logits and mask row.
+    Rows with no valid token keep their logits and mask row. With `score`, also returns the log-probability [B, S]
+    of each valid token given everything before it (0 at invalid positions).
     """
     b, s = tokens.shape
     index = state.index
@@ -59,18 +60,52 @@ def advance(model: Mllama, head_t, state: DecodeState, tokens: jax.Array, valid:
             cross_rows = jnp.broadcast_to(state.cross_mask[:, None], (b, s, *state.cross_mask.shape[1:]))
         kv = dict(states=image_states) if image_states is not None else dict(k=cache.cross_k, v=cache.cross_v)
         cross = model.cross_inputs(cross_rows, **kv)
-    hidden, cache = model.language_model(tokens, positions, bias, cross, cache, index)
+    all_hidden, cache = model.language_model(tokens, positions, bias, cross, cache, index)
     last = s - 1 - jnp.argmax(valid[:, ::-1], axis=1)                      # each row's last valid token
-    hidden = jnp.take_along_axis(hidden, last[:, None, None], axis=1)      # [B, 1, D]: the head runs on B rows only
+    hidden = jnp.take_along_axis(all_hidden, last[:, None, None], axis=1)  # [B, 1, D]: the head runs on B rows only
     logits = head_logits(model, head_t, hidden)[:, 0].astype(jnp.float32)
     fed = valid.any(axis=1)
     cross_mask = state.cross_mask
     if cross_mask is not None:
         row = jnp.take_along_axis(cross_rows, last[:, None, None, None], axis=1)[:, 0]
         cross_mask = jnp.where(fed[:, None, None], row.astype(cross_mask.dtype), cross_mask)
-    return DecodeState(cache=cache, logits=jnp.where(fed[:, None], logits, state.logits), key_valid=key_valid,
-                       positions=state.positions + valid.sum(axis=1, dtype=jnp.int32), index=index + s,
-                       keys=state.keys, cross_mask=cross_mask)
+    new_state = DecodeState(cache=cache, logits=jnp.where(fed[:, None], logits, state.logits), key_valid=key_valid,
+                            positions=state.positions + valid.sum(axis=1, dtype=jnp.int32), index=index + s,
+                            keys=state.keys, cross_mask=cross_mask)
+    if not score:
+        return new_state
+    return new_state, token_logprobs(model, head_t, state.logits, all_hidden, tokens, valid)
+
+
+def token_logprobs(model: Mllama, head_t, logits: jax.Array, hidden: jax.Array, tokens: jax.Array, valid: jax.Array,
+                   chunk: int = 16) -> jax.Array:
+    """log p(tokens[b, j] | everything before it) [B, S] for valid positions (0 elsewhere), from `logits` [B, V]
+    (the prediction before the chunk) and the chunk's hidden states [B, S, D]. Each valid token is predicted by
+    the previous valid position's hidden state; the head runs over `chunk` positions at a time, so no [B, S, V]
+    array is formed."""
+    b, s = tokens.shape
+    position = jnp.arange(s)
+    # next valid position after each j (s if none), and the token found there
+    later = jnp.where(valid, position, s)
+    following = jax.lax.cummin(jnp.concatenate([later[:, 1:], jnp.full((b, 1), s)], axis=1), axis=1, reverse=True)
+    next_token = jnp.take_along_axis(tokens, jnp.minimum(following, s - 1), axis=1)
+    pad = -s % chunk
+    h = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0))).reshape(b, -1, chunk, hidden.shape[-1]).swapaxes(0, 1)
+    t = jnp.pad(next_token, ((0, 0), (0, pad))).reshape(b, -1, chunk).swapaxes(0, 1)
+
+    def score_chunk(args):
+        h_c, t_c = args
+        chunk_logits = head_logits(model, head_t, h_c).astype(jnp.float32)         # [B, chunk, V]
+        picked = jnp.take_along_axis(chunk_logits, t_c[..., None], axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(chunk_logits, axis=-1)
+
+    predicted_next = jax.lax.map(score_chunk, (h, t)).swapaxes(0, 1).reshape(b, -1)[:, :s]   # [B, S]
+    first = jnp.take_along_axis(logits, tokens, axis=1) - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    # the score of a valid token comes from the previous valid position, or from `logits` for a row's first one
+    previous = jax.lax.cummax(jnp.where(valid, position, -1), axis=1)
+    previous = jnp.concatenate([jnp.full((b, 1), -1), previous[:, :-1]], axis=1)
+    from_chunk = jnp.take_along_axis(predicted_next, jnp.maximum(previous, 0), axis=1)
+    return jnp.where(valid, jnp.where(previous >= 0, from_chunk, first), 0.0)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
@@ -95,10 +130,31 @@ def prefill(graphdef, params, head_t, inputs: dict, keys: jax.Array, max_length:
     return constrain(advance(model, head_t, empty, ids, valid, cross_rows, image_states))
 
 
-@functools.partial(jax.jit, static_argnums=0, donate_argnums=3)
-def append(graphdef, params, head_t, state: DecodeState, tokens: jax.Array, valid: jax.Array) -> DecodeState:
-    """Teacher forcing: feeds tokens [B, S] (valid [B, S]) to the cache after what is there."""
-    return constrain(advance(nnx.merge(graphdef, params), head_t, state, tokens, valid))
+@functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=3)
+def append(graphdef, params, head_t, state: DecodeState, tokens: jax.Array, valid: jax.Array, score: bool = False):
+    """Teacher forcing: feeds tokens [B, S] (valid [B, S]) to the cache after what is there; with `score`, also
+    returns each token's log-probability [B, S]."""
+    out = advance(nnx.merge(graphdef, params), head_t, state, tokens, valid, score=score)
+    return (constrain(out[0]), out[1]) if score else constrain(out)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 7, 8))
+def prefill_on_images(graphdef, params, head_t, images: DecodeState, tokens: jax.Array, valid: jax.Array,
+                      keys: jax.Array, max_length: int, image_token_id: int) -> DecodeState:
+    """New prompts tokens [R, S] (valid [R, S]) in a new cache of `max_length` slots that see the images already
+    encoded in `images`: its cross K/V rows are reused (R / n consecutive rows share one image row), and each
+    row's tokens from its first `image_token_id` on may attend to that image's tiles (earlier tokens to none)."""
+    model = nnx.merge(graphdef, params)
+    b = tokens.shape[0]
+    tiles = images.cross_mask[::images.copies]                             # [n image rows, I, T]
+    tiles = jnp.repeat(tiles, b // tiles.shape[0], axis=0)                 # [R, I, T]
+    seen = (jnp.cumsum(tokens == image_token_id, axis=1) > 0) & valid
+    cross_rows = seen[:, :, None, None].astype(tiles.dtype) * tiles[:, None]
+    cache = model.init_cache(b, max_length)._replace(cross_k=images.cache.cross_k, cross_v=images.cache.cross_v)
+    empty = DecodeState(cache=cache, logits=jnp.zeros((b, model.config.text.vocab_size), jnp.float32),
+                        key_valid=jnp.zeros((b, max_length), bool), positions=jnp.zeros(b, jnp.int32),
+                        index=jnp.zeros((), jnp.int32), keys=keys, cross_mask=jnp.zeros_like(tiles))
+    return constrain(advance(model, head_t, empty, tokens, valid, cross_rows))
 
 
 def decode_step(model: Mllama, head_t, sampling: SamplingConfig, stopping: Stopping, state: DecodeState,
@@ -112,14 +168,20 @@ def decode_step(model: Mllama, head_t, sampling: SamplingConfig, stopping: Stopp
     tokens = jnp.where(running, tokens, 0)
     column = jnp.where(running, gen.lengths, t)                            # out of range: dropped
     rows = jnp.arange(b)
-    matcher, string_hit = stop_strings.step(stopping.strings, gen.matcher, tokens)
+    matcher, string_hits = stop_strings.step(stopping.strings, gen.matcher, tokens)
+    string_hit = string_hits.any(axis=1)
     lengths = gen.lengths + running
     token_hit = (tokens[:, None] == stopping.token_ids[None, :]).any(axis=1)
     finish = jnp.select([~running, token_hit & ~ban, string_hit & ~ban, lengths >= gen.max_new],
                         [gen.finish, STOP_TOKEN, STOP_STRING, LENGTH], RUNNING)
+    stop_string = gen.stop_string
+    if stopping.strings.num_strings:
+        first_hit = jnp.argmax(string_hits, axis=1).astype(jnp.int32)
+        stop_string = jnp.where(running & (finish == STOP_STRING), first_hit, stop_string)
     gen = Generation(tokens=gen.tokens.at[rows, column].set(tokens, mode="drop"),
                      logprobs=gen.logprobs.at[rows, column].set(logprobs, mode="drop"),
-                     lengths=lengths, finish=finish.astype(gen.finish.dtype), max_new=gen.max_new, matcher=matcher)
+                     lengths=lengths, finish=finish.astype(gen.finish.dtype), max_new=gen.max_new, matcher=matcher,
+                     stop_string=stop_string)
     return advance(model, head_t, state, tokens[:, None], running[:, None]), gen
 
 

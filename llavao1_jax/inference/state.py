@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from llavao1_jax.model.layers import CACHED
 from llavao1_jax.model.text import KVCache
 
 FINISH_REASONS = ("running", "stop_token", "stop_string", "length")
@@ -75,6 +76,8 @@ class Generation(NamedTuple):
       token under the model's unprocessed distribution (temperature 1, no top-k/top-p).
     lengths: [B] int32; finish: [B] int32 index into FINISH_REASONS (0 while running).
     max_new: [B] int32 per-row token budgets; matcher: [B, n, L] bool stop-string automaton states.
+    stop_string: [B] int32, the index of the stop string that ended the row (the first one if several completed on
+      the same token), -1 otherwise.
     """
 
     tokens: jax.Array
@@ -83,10 +86,11 @@ class Generation(NamedTuple):
     finish: jax.Array
     max_new: jax.Array
     matcher: jax.Array
+    stop_string: jax.Array
 
     def logical_axes(self) -> "Generation":
         return Generation(tokens=P("batch", None), logprobs=P("batch", None), lengths=P("batch"), finish=P("batch"),
-                          max_new=P("batch"), matcher=P("batch", None, None))
+                          max_new=P("batch"), matcher=P("batch", None, None), stop_string=P("batch"))
 
 
 def row_keys(seed: int, batch: int) -> jax.Array:
@@ -103,13 +107,45 @@ def _take_rows(state: DecodeState, rows, image_rows) -> DecodeState:
     return out._replace(cache=out.cache._replace(cross_k=cross[0], cross_v=cross[1]))
 
 
-@jax.jit
-def select_rows(state: DecodeState, rows: jax.Array) -> DecodeState:
-    """The prefixes `state[rows]` (rows [n] int, repeats allowed), keys unchanged: e.g. keep a search's winner.
+def select_rows(state: DecodeState, rows, copies: int = 1) -> DecodeState:
+    """The prefixes `state[rows]` (rows [n] int, repeats allowed), keys unchanged: e.g. keep a search's winners.
 
-    The cache rows are copied (cross K/V rows too: the result's rows share nothing); the source state stays valid."""
-    rows = jnp.asarray(rows)
-    return _take_rows(state, rows, state.image_rows(rows))
+    The self-attention cache rows are copied. With `copies` c > 1, each consecutive group of c selected rows must
+    read one image row (e.g. one winner per question, then `fork`ed) and the result keeps one cross K/V row per
+    group, shared by the group; with c = 1 every selected row gets its own. The source state stays valid."""
+    if copies < 1 or len(rows) % copies:
+        raise ValueError(f"copies must be >= 1 and divide the {len(rows)} selected rows, got {copies}")
+    if state.cache.cross_k is not None and copies > 1 and not isinstance(rows, jax.core.Tracer):
+        groups = np.asarray(state.image_rows(np.asarray(rows))).reshape(-1, copies)
+        if (groups != groups[:, :1]).any():
+            raise ValueError(f"each group of {copies} selected rows must read one image row, got image rows "
+                             f"{groups.tolist()}")
+    return _select_rows(state, jnp.asarray(rows), copies)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _select_rows(state: DecodeState, rows: jax.Array, copies: int) -> DecodeState:
+    return _take_rows(state, rows, state.image_rows(rows[::copies]))
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def compact(state: DecodeState) -> DecodeState:
+    """The same prefixes with each row's valid cache slots moved to the front, in order, and `index` set to the
+    longest row: the slots that finished or rejected candidates left behind become free room again. `state` is
+    consumed. Attention reads the same keys in the same order, so continuations are unchanged up to rounding."""
+    valid = state.key_valid
+    order = jnp.argsort(~valid, axis=1, stable=True)                      # [B, L]: valid slots first, in order
+    count = valid.sum(axis=1, dtype=jnp.int32)
+
+    def move(x, axis):
+        index = order.reshape(order.shape[0], *([1] * (axis - 1)), order.shape[1], *([1] * (x.ndim - axis - 1)))
+        return jnp.take_along_axis(x, index, axis=axis)
+
+    (k_axis, v_axis) = (a.index("s") for a in CACHED)
+    cache = state.cache._replace(self_k=tuple(move(k, k_axis) for k in state.cache.self_k),
+                                 self_v=tuple(move(v, v_axis) for v in state.cache.self_v))
+    return state._replace(cache=cache, key_valid=jnp.arange(valid.shape[1])[None, :] < count[:, None],
+                          index=count.max())
 
 
 def fork(state: DecodeState, n: int) -> DecodeState:

@@ -76,9 +76,9 @@ def vocab_bytes(tokenizer, vocab_size: int) -> list[bytes]:
     cached = _VOCAB_BYTES.get(tokenizer)
     if cached is not None and len(cached) >= vocab_size:
         return cached[:vocab_size]
-    from transformers.models.gpt2.tokenization_gpt2 import bytes_to_unicode
+    from llavao1_jax.processor.tokenizer import byte_alphabet  # imports transformers: only when strings are used
 
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    byte_of = {c: b for b, c in enumerate(byte_alphabet())}
     n = min(vocab_size, len(tokenizer))
     pieces = tokenizer.convert_ids_to_tokens(list(range(n)))
     out = []
@@ -134,10 +134,11 @@ def initial_state(tables: StopStrings, batch: int) -> jax.Array:
 
 
 def step(tables: StopStrings, state: jax.Array, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Feeds one token per row. state [B, n, L], tokens [B] -> (new state, matched [B] bool: any string completed)."""
+    """Feeds one token per row. state [B, n, L], tokens [B] -> (new state, matched [B, n] bool: which strings this
+    token completed)."""
     c = tables.token_class[tokens]                                    # [B]
     matched = tables.contains[:, c].T | jnp.any(state & tables.finish[:, c].transpose(1, 0, 2), axis=-1)
     moved = state & tables.advance[:, c].transpose(1, 0, 2)           # [B, n, L] at the old state p
     source = jnp.arange(tables.state_size)[None, :] - tables.length[c][:, None]   # [B, L]: p = q - len(u)
     shifted = jnp.take_along_axis(moved, jnp.clip(source, 0)[:, None, :], axis=-1) & (source >= 0)[:, None, :]
-    return shifted | tables.start[:, c].transpose(1, 0, 2), matched.any(axis=-1)
+    return shifted | tables.start[:, c].transpose(1, 0, 2), matched

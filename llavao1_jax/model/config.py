@@ -12,6 +12,8 @@ import json
 import os
 from typing import Any, Optional
 
+from llavao1_jax.util import round_up
+
 DEFAULT_ASPECT_RATIOS = ((1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (3, 1), (4, 1))
 
 
@@ -58,7 +60,7 @@ class VisionConfig:
     @property
     def padded_num_patches(self) -> int:
         """Patches per tile after padding to a multiple of 8 (1608 for the 11B model)."""
-        return -(-self.num_patches // 8) * 8
+        return round_up(self.num_patches, 8)
 
     @property
     def max_aspect_ratio_id(self) -> int:
@@ -102,6 +104,12 @@ class TextConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    @property
+    def embedding_rows(self) -> int:
+        """Rows of the input embedding: the vocabulary, then `<|image|>` (id vocab_size) and 7 more rows from Meta's
+        checkpoint. The LM head has vocab_size rows, so those ids are never predicted."""
+        return self.vocab_size + 8
 
     @property
     def cross_layer_indices(self) -> tuple[int, ...]:

@@ -163,7 +163,7 @@ def validate_inputs(cfg: MllamaConfig, inputs: dict[str, Any]) -> dict[str, Any]
     if not np.issubdtype(np.asarray(ids).dtype if not isinstance(ids, jax.Array) else ids.dtype, np.integer):
         raise ValueError(f"input_ids must be integers, got {ids.dtype}")
     b, s = _shape(ids)
-    rows = cfg.text.vocab_size + 8
+    rows = cfg.text.embedding_rows
     lo, hi = int(np.min(ids)), int(np.max(ids))
     if lo < 0 or hi >= rows:
         raise ValueError(f"input_ids out of vocabulary: values must lie in [0, {rows}), got min {lo}, max {hi}")

@@ -7,9 +7,8 @@ Two layouts of the same layers (`MllamaConfig.scan_layers`; `relayout` converts 
   blocks of that period; inside a block, runs of self layers are an inner scan and cross layers are applied in
   place. The 11B and 90B models therefore trace one block, whatever their depth.
 * per layer (for decoding): `layers[i]` is layer i of the model, run in a Python loop. Decoding one token reads
-  every weight once, and a scan over a stack makes XLA copy each layer's slice out of the stack before its matmuls:
-  measured per decode step, mid config on CPU 84 ms scanned vs 7.4 ms per layer; 11B in bfloat16 on one H100
-  24.8 ms vs 9.6 ms.
+  every weight once, and a scan over a stack makes XLA copy each layer's slice out of the stack before its matmuls,
+  which makes a decode step several times slower (benchmarks/README.md).
 
 The KV cache follows the layout (`KVCache`, `init_cache`).
 """
@@ -267,8 +266,7 @@ class TextDecoder(nnx.Module):
         self.remat = remat
         self.scan_layers = scan_layers
         kw = dict(param_dtype=param_dtype, dtype=dtype)
-        # 8 extra rows: <|image|> (= vocab_size) and 7 more learnable embeddings from Meta's checkpoint.
-        self.embed_tokens = param(rngs, (cfg.vocab_size + 8, cfg.hidden_size), ("vocab", "embed"), param_dtype)
+        self.embed_tokens = param(rngs, (cfg.embedding_rows, cfg.hidden_size), ("vocab", "embed"), param_dtype)
         make_self = lambda r: SelfAttentionLayer(cfg, attention_options, rngs=r, **kw)
         make_cross = lambda r: CrossAttentionLayer(cfg, meta_row_mask, attention_options, rngs=r, **kw)
         if scan_layers:

@@ -4,7 +4,6 @@ from pathlib import Path
 
 import numpy as np
 from jinja2 import TemplateError
-from transformers import PreTrainedTokenizerFast
 
 from llavao1_jax.processor import tokenizer as llama_tokenizer
 from llavao1_jax.processor.chat_template import check_conversation
@@ -43,7 +42,7 @@ class Processor:
     """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerFast, image_processor: ImageProcessor, chat_template: str | None = None
+        self, tokenizer: llama_tokenizer.PreTrainedTokenizerFast, image_processor: ImageProcessor, chat_template: str | None = None
     ):
         """Wraps a tokenizer and an image processor; `chat_template` (if given) replaces the tokenizer's template."""
         self.tokenizer = tokenizer
@@ -110,7 +109,7 @@ class Processor:
             raise FileNotFoundError(f"{directory / _TOKENIZER_FILE} not found (a fast tokenizer file is required)")
         image_processor = ImageProcessor.from_pretrained(directory)
         try:
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
+            tokenizer = llama_tokenizer.PreTrainedTokenizerFast.from_pretrained(str(directory), local_files_only=True)
         except Exception as error:  # transformers raises many types here; all mean "this tokenizer is unusable"
             raise ValueError(f"cannot load the tokenizer in {directory}: {type(error).__name__}: {error}") from None
         return cls(tokenizer, image_processor, chat_template=_read_chat_template(directory))

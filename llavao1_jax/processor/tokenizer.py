@@ -12,12 +12,33 @@ It becomes a byte-level BPE `tokenizers.Tokenizer` in the Hugging Face layout of
   `<|begin_of_text|>` as text.
 """
 import base64
+import contextlib
 import functools
+import os
 from importlib import resources
 from pathlib import Path
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import PreTrainedTokenizerFast
+
+
+@contextlib.contextmanager
+def _without_advisory_warnings():
+    """transformers >= 5 prints "PyTorch was not found" when it is imported without torch; only its tokenizer
+    classes are used here, so that advice is silenced for the import (its own switch, restored afterwards)."""
+    name = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
+with _without_advisory_warnings():
+    from transformers import PreTrainedTokenizerFast
 
 from llavao1_jax.processor.chat_template import CHAT_TEMPLATE
 
@@ -85,7 +106,7 @@ def read_bpe_ranks(path: str | Path) -> dict[bytes, int]:
     return ranks
 
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """GPT-2's byte-to-unicode map: printable Latin-1 bytes stand for themselves, the other 68 for chr(256 + k)."""
     printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
     alphabet, shifted = [], 0
@@ -100,9 +121,9 @@ def _byte_alphabet() -> list[str]:
 
 @functools.lru_cache(maxsize=2)
 def _vocab_and_merges(path: Path) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """Byte-level vocabulary and the complete, rank-ordered merge list for a ranks file (cached: about 1.5 s)."""
+    """Byte-level vocabulary and the complete, rank-ordered merge list for a ranks file (cached per file: building it takes a second or two)."""
     ranks = read_bpe_ranks(path)
-    to_alphabet = str.maketrans(dict(enumerate(_byte_alphabet())))
+    to_alphabet = str.maketrans(dict(enumerate(byte_alphabet())))
     # One alphabet character per byte, so string slices are byte slices.
     vocab = {token.decode("latin-1").translate(to_alphabet): rank for token, rank in ranks.items()}
     keyed = []

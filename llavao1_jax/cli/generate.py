@@ -1,12 +1,12 @@
 """Command line generation that streams the answer as it is made.
 
-    python -m llavao1_jax.generate --model DIR --image PATH --prompt "What is in the image?"
+    llavao1-generate --model DIR --image PATH --prompt "What is in the image?"
         [--max-new-tokens 512] [--sample --temperature 0.6 --top-p 0.9] [--stop "</CONCLUSION>"] [--chunk 8]
 
 DIR is a transformers-format Mllama checkpoint; its tokenizer files are used when present, else the packaged
 Llama-3.2-Vision tokenizer with tiles sized for the model. The prompt goes through the Instruct chat template (one
 user turn with the image) unless --raw. Decoding runs in jitted chunks of --chunk tokens; the text is printed after
-each chunk. This module is a command line only: import generation from `llavao1_jax` (`lj.generate`).
+each chunk. Also `python -m llavao1_jax.cli.generate`.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from llavao1_jax.processor import Processor
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m llavao1_jax.generate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="llavao1-generate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="checkpoint directory (config.json + safetensors)")
     parser.add_argument("--image", action="append", default=[], help="image file; repeat for several images")
@@ -58,12 +58,14 @@ def prompt_text(processor: Processor, args) -> str:
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
-def stream(model, processor: Processor, batch: dict, args, out=sys.stdout) -> inference.GenerationResult:
+def stream(generator: inference.Generator, processor: Processor, batch: dict, args,
+           out=sys.stdout) -> inference.GenerationResult:
     """Decodes in chunks of `args.chunk` tokens, writing the new text after each chunk."""
-    state = inference.prefill(model, batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    decoder = inference.Decoder(model, state, max_new_tokens=args.max_new_tokens, min_new_tokens=args.min_new_tokens,
-                                do_sample=args.sample, temperature=args.temperature, top_p=args.top_p,
-                                top_k=args.top_k, stop_strings=args.stop, processor=processor)
+    state = generator.prefill(batch, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    decoder = inference.Decoder(generator, state, max_new_tokens=args.max_new_tokens,
+                                min_new_tokens=args.min_new_tokens, do_sample=args.sample,
+                                temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+                                stop_strings=args.stop, processor=processor)
     shown = ""
     while True:
         finished = decoder.run(args.chunk)
@@ -86,7 +88,7 @@ def main(argv=None) -> int:
         processor = load_processor(Path(args.model), model)
         batch = processor(images=[args.image] if args.image else None, text=prompt_text(processor, args))
         start = time.perf_counter()
-        result = stream(model, processor, batch, args)
+        result = stream(inference.Generator(model), processor, batch, args)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

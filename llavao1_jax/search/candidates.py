@@ -1,0 +1,52 @@
+"""Sampling the candidates of one step: n forked rows per question, each stopped at its step's end; a candidate
+that never reaches it within its budget gets the closing text appended and is marked truncated."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Sequence
+
+import numpy as np
+
+from llavao1_jax import inference
+from llavao1_jax.inference import DecodeState
+from llavao1_jax.search.batch import Batch
+from llavao1_jax.search.packing import pack
+from llavao1_jax.search.prompts import encode
+
+
+@dataclasses.dataclass
+class Candidates:
+    """Q x n candidates (row q * n + i is candidate i of question q) and the decode state after them."""
+
+    tokens: list[np.ndarray]        # each row's tokens, the appended closing text included
+    logprobs: list[np.ndarray]      # the generated tokens' log-probabilities
+    truncated: np.ndarray           # [Q * n] bool
+    ended_by: list[Optional[str]]   # the stop string that ended each row
+    finish: list[str]               # each row's finish reason
+    state: DecodeState
+
+    def mean_logprob(self) -> np.ndarray:
+        return np.asarray([lp.mean() if len(lp) else -np.inf for lp in self.logprobs])
+
+
+def sample(batch: Batch, n: int, *, max_tokens: int, min_tokens: int, stop_strings: Sequence[str],
+           close: Optional[str], stop_token_ids=()) -> Candidates:
+    """n candidates per question from `batch.prefix` (which stays valid), ending at one of `stop_strings`; rows that
+    end otherwise get `close` appended (None: nothing appended, e.g. a whole answer ended by its stop token)."""
+    with batch.totals.timed("candidate_decoding"):
+        forked = inference.fork(batch.prefix, n)
+        result, state = batch.generator.decode(forked, max_new_tokens=max_tokens, min_new_tokens=min_tokens,
+                                               stop_token_ids=stop_token_ids, stop_strings=tuple(stop_strings),
+                                               **batch.sampling())
+        tokens = [row[:length] for row, length in zip(result.tokens, result.lengths)]
+        logprobs = [row[:length] for row, length in zip(result.logprobs, result.lengths)]
+        truncated = np.asarray([s is None for s in result.stop_string]) if close is not None else np.zeros(
+            len(tokens), bool)
+        if truncated.any():
+            closing = encode(batch.processor, close)
+            appended, mask = pack([closing], len(tokens))
+            state = batch.generator.append_tokens(state, appended, mask & truncated[:, None])
+            tokens = [np.concatenate([t, closing]) if cut else t for t, cut in zip(tokens, truncated)]
+    batch.totals.candidate_tokens += int(result.lengths.sum())
+    return Candidates(tokens=tokens, logprobs=logprobs, truncated=truncated, ended_by=list(result.stop_string),
+                      finish=list(result.finish_reason), state=state)
