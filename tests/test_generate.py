@@ -240,7 +240,7 @@ def test_first_sampled_token_follows_the_filtered_softmax(ours):
 
     temperature, top_p = 0.25, 0.8
     batch = sampling_prompt()
-    logits = torch.from_numpy(np.asarray(ours(input_ids=batch["input_ids"][:1]))[:, -1])
+    logits = torch.tensor(np.asarray(ours(input_ids=batch["input_ids"][:1]))[:, -1])
     filtered = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits))
     expected = torch.softmax(filtered, -1)[0].numpy().astype(np.float64)
     kept = expected > 0
