@@ -6,13 +6,15 @@ import numpy as np
 IMAGE_TOKEN = 90
 
 # transformers' own tester sizes, with GQA, llama3 RoPE and two blocks of the 11B layer pattern (cross at 3 and 8).
+# RoPE theta 100 at head_dim 8 gives wavelengths 6.3, 19.9, 62.8 and 199 positions: one below llama3's smoothed band
+# [64 / high_freq_factor, 64 / low_freq_factor] = [16, 64], two inside it and one above.
 HF_CONFIG = {
     "model_type": "mllama",
     "image_token_index": IMAGE_TOKEN,
     "text_config": {
         "model_type": "mllama_text_model", "vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 10,
         "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 37, "hidden_act": "silu",
-        "max_position_embeddings": 512, "rope_theta": 500000.0,
+        "max_position_embeddings": 512, "rope_theta": 100.0,
         "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                          "original_max_position_embeddings": 64},
         "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "cross_attention_layers": [3, 8],
@@ -23,6 +25,14 @@ HF_CONFIG = {
         "intermediate_size": 37, "max_num_tiles": 4,
         "supported_aspect_ratios": [[1, 1], [1, 2], [1, 3], [1, 4], [2, 1], [2, 2], [3, 1], [4, 1]],
     },
+}
+# Wide enough for bf16 rounding to show in the text decoder (hidden 256, 8 heads of 64), still quick to build.
+WIDE_CONFIG = {
+    **HF_CONFIG,
+    "text_config": dict(HF_CONFIG["text_config"], hidden_size=256, num_attention_heads=8, intermediate_size=512,
+                        num_hidden_layers=5, cross_attention_layers=[3]),
+    "vision_config": dict(HF_CONFIG["vision_config"], hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                          num_global_layers=1, intermediate_layers_indices=[0, 2], vision_output_dim=192),
 }
 # aspect ratio id -> number of tiles (ids index supported_aspect_ratios from 1)
 TILES = {1: 1, 2: 2, 3: 3, 4: 4, 5: 2, 6: 4, 7: 3, 8: 4}
@@ -46,9 +56,9 @@ def make_hf_model(seed: int = 0, config: dict = HF_CONFIG):
     return model
 
 
-def saved_hf_model(directory, seed: int = 0):
-    """`make_hf_model(seed)` saved as safetensors under `directory`; returns (model, directory)."""
-    model = make_hf_model(seed)
+def saved_hf_model(directory, seed: int = 0, config: dict = HF_CONFIG):
+    """`make_hf_model(seed, config)` saved as safetensors under `directory`; returns (model, directory)."""
+    model = make_hf_model(seed, config)
     model.save_pretrained(directory, safe_serialization=True)
     return model, directory
 
@@ -86,10 +96,13 @@ def make_batch(rng: np.random.Generator, aspect_ratio_ids, seq_len: int, image_p
 
 
 def hf_logits(model, batch: dict) -> np.ndarray:
+    """The model's float32 logits; floating inputs are cast to the model's dtype first."""
     import torch
 
+    dtype = next(model.parameters()).dtype
+    inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()}
     with torch.no_grad():
-        out = model(**{k: torch.from_numpy(np.asarray(v)) for k, v in batch.items()})
+        out = model(**{k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()})
     return out.logits.float().numpy()
 
 

@@ -1,5 +1,4 @@
 """Building both datasets as ArrayRecord without TensorFlow, reading them back, and the validation of LLaVA-CoT records."""
-import importlib.util
 import io
 import json
 import sys
@@ -61,10 +60,6 @@ def llava_copy(tmp_path_factory):
             line = lines[n]
             f.write((line if isinstance(line, bytes) else json.dumps(line).encode()) + b"\n")
     return jsonl, images, reasons, good
-
-
-def test_tensorflow_is_absent():
-    assert importlib.util.find_spec("tensorflow") is None
 
 
 def test_llava_build_skips_and_reports(llava_copy, tmp_path):

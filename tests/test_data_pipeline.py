@@ -179,7 +179,6 @@ def test_worker_processes_give_the_same_batches(source, processor):
         iterator.close()
 
 
-@pytest.mark.slow
 def test_resume_with_worker_processes(source, processor):
     expected_iterator = _iterator(source, processor)
     expected = [next(expected_iterator) for _ in range(5)]

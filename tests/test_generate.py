@@ -76,6 +76,21 @@ def test_greedy_stops_at_eos_like_transformers(checkpoint, ours):
     assert out.finish_reason[0] == "stop_token" and out.lengths[0] <= 10
 
 
+def test_min_new_tokens_like_transformers(checkpoint, ours):
+    """Stop tokens are masked for the first min_new_tokens steps as transformers' `min_new_tokens` masks eos: the eos
+    id is the token row 0 picks at step 2, so its greedy path changes there, and row 1 stops after step 5 where
+    transformers' does. Catches min_new_tokens ignored or applied to the wrong steps."""
+    batch = image_batch()
+    free = hf_generate(checkpoint[0], batch, max_new_tokens=NEW, min_new_tokens=NEW)
+    eos = int(free[0, 1])
+    ref = hf_generate(checkpoint[0], batch, max_new_tokens=NEW, min_new_tokens=5, eos_token_id=eos, pad_token_id=0)
+    out = lj.generate(ours, batch, max_new_tokens=NEW, min_new_tokens=5, stop_token_ids=[eos])
+    for row, n, expected in zip(out.tokens, out.lengths, ref):
+        stop = np.flatnonzero(expected == eos)
+        np.testing.assert_array_equal(row[:n], expected[:stop[0] + 1] if stop.size else expected)
+    assert eos not in ref[0, :5] and (ref[0, :5] != free[0, :5]).any() and eos in ref[1, 5:]
+
+
 def test_cache_matches_full_forward(ours, gen):
     """Logits after prefill and after every teacher-forced token equal the full-sequence forward logits, and the
     decode loop's log-probabilities are those of the forward pass."""
@@ -187,10 +202,6 @@ def test_stops_budgets_and_decoder_chunks(ours, gen):
     assert per_row.lengths.tolist() == [3, 7] and per_row.tokens.shape == (2, 7)
     np.testing.assert_array_equal(per_row.tokens[1], free.tokens[1, :7])
     assert not per_row.tokens[0, 3:].any()
-    # a stop token before min_new_tokens is masked: the row goes on past it
-    stop = int(free.tokens[0, 1])
-    late = lj.generate(ours, batch, max_new_tokens=12, stop_token_ids=[stop], min_new_tokens=5)
-    assert stop not in late.tokens[0, :5].tolist()
     # streaming in chunks of 3 steps gives the same tokens as one run
     decoder = inference.Decoder(gen, gen.prefill(batch, max_new_tokens=12), max_new_tokens=12,
                                 stop_token_ids=())
@@ -210,6 +221,52 @@ def test_sampling_seeds(ours):
     np.testing.assert_array_equal(a.tokens, lj.generate(ours, batch, seed=3, **kwargs).tokens)
     assert (a.tokens[0] != a.tokens[1]).any(), "rows must get different keys"
     assert (a.tokens != lj.generate(ours, batch, seed=4, **kwargs).tokens).any()
+
+
+ROWS = 2048  # copies of one prompt sampled at once
+
+
+def sampling_prompt():
+    return dict(input_ids=np.repeat(np.random.default_rng(21).integers(3, 99, (1, 9)), ROWS, axis=0))
+
+
+def test_first_sampled_token_follows_the_filtered_softmax(ours):
+    """Over 2048 copies of one prompt, the first token `lj.generate` samples (temperature 0.25, top_p 0.8) follows
+    transformers' temperature + top-p filtered softmax of the forward pass's last logits: nothing outside the nucleus,
+    and a seeded chi-square test at the 0.999 quantile. Catches temperature or top_p dropped inside `generate`."""
+    import torch
+    from scipy.stats import chi2
+    from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
+
+    temperature, top_p = 0.25, 0.8
+    batch = sampling_prompt()
+    logits = torch.tensor(np.asarray(ours(input_ids=batch["input_ids"][:1]))[:, -1])
+    filtered = TopPLogitsWarper(top_p)(None, TemperatureLogitsWarper(temperature)(None, logits))
+    expected = torch.softmax(filtered, -1)[0].numpy().astype(np.float64)
+    kept = expected > 0
+    mass = np.sort(torch.softmax(logits / temperature, -1)[0].numpy())[::-1].cumsum()
+    assert np.abs(mass - top_p).min() > 1e-3 and 5 < kept.sum() < 90  # a clear cut that removes many tokens
+    out = lj.generate(ours, batch, max_new_tokens=1, do_sample=True, temperature=temperature, top_p=top_p,
+                      stop_token_ids=(), seed=0)
+    counts = np.bincount(out.tokens[:, 0], minlength=len(expected))
+    assert not counts[~kept].any(), "sampled a token outside the nucleus"
+    want, got = expected[kept] * ROWS, counts[kept]
+    small = want < 5
+    if small.any():  # pool the rare tokens into one bin
+        want, got = np.append(want[~small], want[small].sum()), np.append(got[~small], got[small].sum())
+    statistic = ((got - want) ** 2 / want).sum()
+    assert statistic < chi2.ppf(0.999, len(want) - 1), (statistic, len(want))
+
+
+def test_consecutive_steps_draw_independent_keys(ours):
+    """At temperature 1000 every token is about equally likely (1/99), so consecutive tokens of a row agree about 1%
+    of the time when each step draws a fresh key; one key reused at every step repeats the same Gumbel noise and
+    nearly always the same token. Catches a reused step key."""
+    out = lj.generate(ours, sampling_prompt(), max_new_tokens=3, do_sample=True, temperature=1000.0,
+                      stop_token_ids=(), seed=0)
+    repeats = (out.tokens[:, 1:] == out.tokens[:, :-1]).mean()
+    assert repeats < 0.03, repeats
+    assert len(np.unique(out.tokens)) == 99
 
 
 def test_sharded_decoding_matches(checkpoint, ours):

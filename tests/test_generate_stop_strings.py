@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import llavao1_jax as lj
-from hf_reference import make_batch, make_hf_model
+from hf_reference import HF_CONFIG, make_batch, make_hf_model
 from llavao1_jax.inference import stop_strings
 
 
@@ -44,10 +44,13 @@ def test_automaton_matches_brute_force():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from llavao1_jax.processor.tokenizer import build_tokenizer
+def processor():
+    return lj.Processor.llama3_2_vision()
 
-    return build_tokenizer()
+
+@pytest.fixture(scope="module")
+def tokenizer(processor):
+    return processor.tokenizer
 
 
 def test_llama_vocabulary_bytes_and_tokenisations(tokenizer):
@@ -108,3 +111,22 @@ def test_generation_stops_on_a_string(model):
                        min_new_tokens=end + 2)
     assert late.lengths[0] > end + 1
 
+
+
+def test_generation_stops_on_a_string_with_the_llama_processor(processor, tmp_path):
+    """End to end with `Processor.llama3_2_vision()` on a tiny random model with the real 128,256-token vocabulary:
+    a row stops on the token that completes a stop string starting inside an earlier token, and `texts` ends with it."""
+    tokenizer = processor.tokenizer
+    config = {**HF_CONFIG, "image_token_index": 128256, "text_config": dict(HF_CONFIG["text_config"], vocab_size=128256)}
+    make_hf_model(seed=3, config=config).save_pretrained(tmp_path, safe_serialization=True)
+    model = lj.load_pretrained(tmp_path, scan_layers=False)
+    batch = dict(input_ids=np.asarray([tokenizer.encode("<SUMMARY> The plan", add_special_tokens=True)]))
+    options = dict(max_new_tokens=16, do_sample=True, stop_token_ids=(), seed=0)
+    row = lj.generate(model, batch, **options).tokens[0].tolist()
+    texts = [tokenizer.decode(row[:n], skip_special_tokens=True) for n in range(17)]
+    end, stop = next((e, texts[e + 1][len(texts[e]) - 2:]) for e in range(4, 16)
+                     if len(texts[e]) >= 2 and texts[e + 1].startswith(texts[e]) and "\ufffd" not in texts[e + 1]
+                     and texts[e + 1][len(texts[e]) - 2:] not in texts[e] and len(texts[e + 1]) > len(texts[e]))
+    out = lj.generate(model, batch, stop_strings=[stop], processor=processor, **options)
+    assert out.finish_reason == ["stop_string"] and out.lengths.tolist() == [end + 1]
+    assert out.texts == [texts[end + 1]] and out.texts[0].endswith(stop)

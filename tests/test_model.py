@@ -1,14 +1,17 @@
 """Model checks that need no reference: shapes of the real sizes, sharding, remat, config I/O, input validation."""
 import json
+from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from safetensors import safe_open
 
 import llavao1_jax as lj
-from hf_reference import HF_CONFIG, make_batch, make_hf_model
+from hf_reference import HF_CONFIG, hf_logits, make_batch, make_hf_model, relative_error
 from llavao1_jax.model import MllamaConfig, preset, relayout
 from llavao1_jax.model.text import block_runs, layer_period
 from llavao1_jax.sharding import make_mesh
@@ -19,12 +22,41 @@ def param_count(config) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
 
 
-def test_11b_parameter_count():
-    assert param_count(preset("llama-3.2-11b-vision")) == 10_670_220_835
+def mllama_parameter_count(config) -> int:
+    """Parameters of an Mllama model from its sizes, written out from transformers' module shapes."""
+    v, t = config.vision, config.text
+    d, i, patches = v.hidden_size, v.intermediate_size, (v.image_size // v.patch_size) ** 2 + 1
+    ratios, tiles = len(v.supported_aspect_ratios) + 1, v.max_num_tiles
+    vision_layer = 4 * d * d + (d * i + i) + (i * d + d) + 2 * 2 * d  # attention, MLP with biases, two LayerNorms
+    vision = (v.num_channels * v.patch_size ** 2 * d + d  # patch embedding, class embedding
+              + patches * d + 1 + ratios * tiles * patches * d  # gated positional embedding (+ its tile part)
+              + 2 * (ratios * tiles * d + 1)  # pre- and post-tile positional embeddings with gates
+              + 2 * 2 * d  # layernorm_pre, layernorm_post
+              + v.num_hidden_layers * vision_layer + v.num_global_layers * (vision_layer + 2))
+    h, kv, ff = t.hidden_size, t.num_key_value_heads * t.head_dim, t.intermediate_size
+    self_layer = 2 * h * h + 2 * h * kv + 3 * h * ff + 2 * h
+    cross_layer = self_layer + 2 * t.head_dim + 2  # q/k norms, attention and MLP gates
+    cross = len([i for i in t.cross_attention_layers if i < t.num_hidden_layers])
+    text = ((t.vocab_size + 8) * h  # embeddings (8 extra image rows)
+            + (t.num_hidden_layers - cross) * self_layer + cross * cross_layer + h + h * t.vocab_size)
+    return vision + v.vision_output_dim * h + h + text
 
 
-def test_mid_preset_is_about_160m():
-    assert 150e6 < param_count(preset("mid")) < 170e6
+@pytest.mark.parametrize("name, count", [("llama-3.2-11b-vision", 10_670_220_835), ("mid", 169_226_507)])
+def test_parameter_counts(name, count):
+    assert param_count(preset(name)) == mllama_parameter_count(preset(name)) == count
+
+
+def test_mid_parameter_count_matches_transformers():
+    """transformers' MllamaForConditionalGeneration built (on the meta device) from the mid preset's config.json."""
+    import torch
+    from transformers import MllamaConfig as HFMllamaConfig, MllamaForConditionalGeneration
+
+    hf_dict = preset("mid").to_hf_dict()
+    with torch.device("meta"):
+        hf_model = MllamaForConditionalGeneration(HFMllamaConfig(**{k: v for k, v in hf_dict.items()
+                                                                   if k != "model_type"}))
+    assert sum(p.numel() for p in hf_model.parameters()) == 169_226_507
 
 
 def test_layer_blocks_of_real_configs():
@@ -111,8 +143,81 @@ def test_sharded_load_matches_single_device(checkpoint, model):
     np.testing.assert_allclose(np.asarray(sharded(**batch)), np.asarray(model(**batch)), rtol=1e-5, atol=1e-6)
 
 
+class CountingSafetensors:
+    """A safetensors file handle that adds the bytes of every array it returns to `counts[file name]`."""
+
+    def __init__(self, path, counts: dict, **kwargs):
+        self.file, self.name, self.counts = safe_open(path, **kwargs), Path(path).name, counts
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.file.__exit__(*exc)
+
+    def keys(self):
+        return self.file.keys()
+
+    def _count(self, array: np.ndarray) -> np.ndarray:
+        self.counts[self.name] = self.counts.get(self.name, 0) + array.nbytes
+        return array
+
+    def get_tensor(self, name):
+        return self._count(self.file.get_tensor(name))
+
+    def get_slice(self, name):
+        tensor, count = self.file.get_slice(name), self._count
+        return type("CountingSlice", (), {"get_shape": lambda _: tensor.get_shape(),
+                                         "__getitem__": lambda _, index: count(tensor[index])})()
+
+
+def checkpoint_bytes(directory: Path) -> dict[str, int]:
+    """The tensor bytes of every safetensors file in `directory`."""
+    sizes = {}
+    for path in directory.glob("*.safetensors"):
+        with safe_open(path, "numpy") as f:
+            sizes[path.name] = sum(f.get_slice(k)[:].nbytes for k in f.keys())
+    return sizes
+
+
+def test_sharded_load_reads_only_each_devices_shard(checkpoint, monkeypatch):
+    """Loading onto an fsdp=4, tensor=2 mesh, every device reads from the file exactly the bytes of its own shards
+    (a fully replicated parameter is read once): about one checkpoint in all, plus the copies the sharding rules ask
+    for (the vision tower is sharded over fsdp only, so its elements are read twice). Catches whole-tensor reads (8x
+    the checkpoint)."""
+    from llavao1_jax.model import hf_checkpoint
+
+    counts = {}
+    monkeypatch.setattr(hf_checkpoint, "safe_open", lambda path, **kw: CountingSafetensors(path, counts, **kw))
+    model = lj.load_pretrained(checkpoint, mesh=make_mesh(fsdp=4, tensor=2))
+    shards = sum(p.nbytes if p.sharding.is_fully_replicated else sum(s.data.nbytes for s in p.addressable_shards)
+                 for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    total = sum(checkpoint_bytes(checkpoint).values())
+    assert sum(counts.values()) == shards < 2 * total
+
+
 def params(model) -> list:
     return [np.asarray(a) for a in jax.tree.leaves(nnx.state(model, nnx.Param))]
+
+
+def test_multi_file_checkpoints_both_ways(checkpoint, model, tmp_path):
+    """The Hub's 11B layout (several safetensors files and model.safetensors.index.json) both ways: ours splits at
+    `max_shard_bytes` and transformers loads it with the same logits; we load transformers' split bit-identically."""
+    from transformers import MllamaForConditionalGeneration
+
+    written = lj.save_pretrained(model, tmp_path / "ours", max_shard_bytes=600_000)  # the checkpoint is 916 KB
+    files = checkpoint_bytes(written)
+    index = json.loads((written / "model.safetensors.index.json").read_text())
+    assert len(files) == 3 and max(files.values()) <= 600_000
+    assert sorted(set(index["weight_map"].values())) == sorted(files)
+    assert index["metadata"]["total_size"] == sum(files.values()) == sum(checkpoint_bytes(checkpoint).values())
+    hf_model = MllamaForConditionalGeneration.from_pretrained(written, attn_implementation="eager").float()
+    batch = make_batch(np.random.default_rng(4), [[6], [2]], 8, [[1], [0]])
+    assert relative_error(model(**batch), hf_logits(hf_model, batch)) < 1e-5
+    hf_model.save_pretrained(tmp_path / "hf", max_shard_size="300KB")
+    assert len(checkpoint_bytes(tmp_path / "hf")) > 2 and (tmp_path / "hf" / "model.safetensors.index.json").exists()
+    for a, b in zip(params(model), params(lj.load_pretrained(tmp_path / "hf"))):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_relayout_is_bit_identical_both_ways_and_gives_the_same_logits(model):
@@ -150,19 +255,20 @@ def test_per_layer_load_and_init_are_sharded(checkpoint, model):
 
 
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "per_layer"])
-def test_remat_gives_same_loss_and_gradients(checkpoint, scan_layers):
+def test_remat_gives_same_loss_and_gradients(model, scan_layers):
+    """Full rematerialisation changes neither the loss nor the gradients (one program computes both, so each layout
+    compiles once)."""
     batch = make_batch(np.random.default_rng(1), [[6]], 8, [[1]])
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    state = nnx.state(relayout(model, scan_layers=scan_layers))
+    graphdefs = [nnx.graphdef(nnx.eval_shape(lambda: lj.Mllama(model.config.replace(remat=remat,
+                                                                                  scan_layers=scan_layers),
+                                                             rngs=nnx.Rngs(0)))) for remat in ("none", "full")]
 
-    def grads(remat):
-        graphdef, state = nnx.split(lj.load_pretrained(checkpoint, remat=remat, scan_layers=scan_layers))
+    def loss(graphdef, s):
+        return jnp.mean(nnx.merge(graphdef, s).forward(**batch)[..., :5] ** 2)
 
-        def loss(s):
-            return jnp.mean(nnx.merge(graphdef, s).forward(**batch)[..., :5] ** 2)
-
-        return jax.jit(jax.value_and_grad(loss))(state)
-
-    (l0, g0), (l1, g1) = grads("none"), grads("full")
+    (l0, g0), (l1, g1) = jax.jit(lambda s: [jax.value_and_grad(partial(loss, g))(s) for g in graphdefs])(state)
     np.testing.assert_allclose(l0, l1, rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(np.abs(np.asarray(b)).max()) + 1e-12)

@@ -2,12 +2,14 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
 
 import llavao1_jax as lj
-from hf_reference import HF_CONFIG, IMAGE_TOKEN, hf_logits, make_batch, saved_hf_model, relative_error
+from hf_reference import WIDE_CONFIG, hf_logits, make_batch, relative_error, saved_hf_model
+from llavao1_jax.model import layers, preset, relayout
 
 TOL = 1e-5
 
@@ -113,13 +115,82 @@ def test_loads_transformers_5_names_and_config(checkpoint, ours, tmp_path):
     np.testing.assert_array_equal(np.asarray(reloaded(**batch)), np.asarray(ours(**batch)))
 
 
-def test_bfloat16_forward_close_to_float32(checkpoint, ours):
-    bf16 = lj.load_pretrained(checkpoint[1], dtype="bfloat16", scan_layers=ours.config.scan_layers)
-    batch = make_batch(np.random.default_rng(9), [[6], [2]], 9, [[0], [4]])
-    ref = np.asarray(ours(**batch))
-    assert relative_error(bf16(**batch), ref) < 5e-2
-    assert jax.tree.leaves(nnx.state(bf16, nnx.Param))[0].dtype == np.dtype("bfloat16")
+def rms_error(ours, ref) -> float:
+    """Root-mean-square error relative to the reference's root-mean-square."""
+    ours, ref = np.asarray(ours, np.float64), np.asarray(ref, np.float64)
+    return float(np.sqrt(np.mean((ours - ref) ** 2) / np.mean(ref ** 2)))
 
 
-def test_image_token_id_is_in_config(ours):
-    assert ours.config.image_token_index == IMAGE_TOKEN == HF_CONFIG["image_token_index"]
+def jaxpr_equations(jaxpr):
+    """Every equation of `jaxpr` and of the jaxprs inside it (scan, while, pjit and custom-derivative bodies)."""
+    from jax.extend import core
+
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                if isinstance(sub, core.ClosedJaxpr):
+                    yield from jaxpr_equations(sub.jaxpr)
+                elif isinstance(sub, core.Jaxpr):
+                    yield from jaxpr_equations(sub)
+
+
+def test_bfloat16_forward_is_as_close_to_float32_as_transformers(tmp_path):
+    """A bfloat16 model keeps every parameter in bfloat16 and computes softmax (`exp`) and RMSNorm / LayerNorm
+    (`rsqrt`) on float32 inputs, in both text layouts (read from the traced program: catches softmax computed in
+    bf16 and RMSNorm without its f32 upcast, which move the logits too little to see). Its logits are as close to
+    the float32 reference as transformers' own bfloat16 model on the same weights (within 25%)."""
+    import torch
+
+    hf_model, directory = saved_hf_model(tmp_path, seed=0, config=WIDE_CONFIG)
+    batch = make_batch(np.random.default_rng(9), [[6], [2]], 32, [[0], [4]])
+    ref = hf_logits(hf_model, batch)
+    hf_error = rms_error(hf_logits(hf_model.to(torch.bfloat16), batch), ref)
+    bf16 = lj.load_pretrained(directory, dtype="bfloat16")
+    assert {leaf.dtype for leaf in jax.tree.leaves(nnx.state(bf16, nnx.Param))} == {np.dtype("bfloat16")}
+    logits = bf16(**batch)
+    assert logits.dtype == np.float32
+    assert 5e-3 < rms_error(logits, ref) < 1.25 * hf_error
+    inputs = {k: jnp.asarray(v) for k, v in batch.items()}
+    for model in (bf16, relayout(bf16, scan_layers=False)):
+        graphdef, state = nnx.split(model)
+        traced = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s).forward(**x))(state, inputs)
+        read = {"exp": [], "rsqrt": []}
+        for eqn in jaxpr_equations(traced.jaxpr):
+            if eqn.primitive.name in read:
+                read[eqn.primitive.name].append(eqn.invars[0].aval.dtype)
+        assert read["exp"] and read["rsqrt"]
+        assert set(read["exp"]) == set(read["rsqrt"]) == {np.dtype("float32")}, read
+
+
+def llama3_wavelengths_by_band(text) -> tuple[int, int, int]:
+    """How many RoPE wavelengths of `text` (a TextConfig) fall below, inside and above llama3's smoothed band."""
+    wavelengths = 2 * np.pi * text.rope_theta ** (np.arange(0, text.head_dim, 2) / text.head_dim)
+    low = text.rope_original_max_position_embeddings / text.rope_high_freq_factor
+    high = text.rope_original_max_position_embeddings / text.rope_low_freq_factor
+    return int((wavelengths < low).sum()), int(((wavelengths >= low) & (wavelengths <= high)).sum()), int(
+        (wavelengths > high).sum())
+
+
+def test_parity_config_exercises_every_rope_band(ours):
+    """The parity tests above see llama3 RoPE's smoothing (they fail when `smooth` and `1 - smooth` are swapped in
+    `layers.rope_inv_freq`) because the checkpoint's wavelengths fall in each of the three bands."""
+    assert llama3_wavelengths_by_band(ours.config.text) == (1, 2, 1)
+
+
+def test_llama3_inverse_frequencies_match_transformers_on_the_11b_config():
+    """The 11B model's inverse RoPE frequencies equal transformers' llama3 initialisation; 6 of its 64 wavelengths lie
+    in the smoothed band. Catches swapped `smooth` / `1 - smooth` in `layers.rope_inv_freq`."""
+    from transformers.models.mllama.configuration_mllama import MllamaTextConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    config = preset("llama-3.2-11b-vision")
+    text = config.text
+    assert llama3_wavelengths_by_band(text) == (29, 6, 29)
+    hf_text = MllamaTextConfig(**config.to_hf_dict()["text_config"])
+    expected, _ = ROPE_INIT_FUNCTIONS["llama3"](hf_text, "cpu")
+    got = layers.rope_inv_freq(text.head_dim, text.rope_theta, text.rope_type, text.rope_factor,
+                               text.rope_low_freq_factor, text.rope_high_freq_factor,
+                               text.rope_original_max_position_embeddings)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, expected.numpy(), rtol=1e-6, atol=0)

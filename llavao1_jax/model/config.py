@@ -140,7 +140,9 @@ class MllamaConfig:
     scanned (True: one trace whatever the depth, for training) or one module per layer run in a Python loop (False:
     what decoding wants, see model/text.py; the vision encoder is scanned either way, it runs once per prefill);
     attention_impl: "xla" (exact, any device) or "cudnn" (fused
-    flash attention on NVIDIA GPUs, bf16/fp16); meta_cross_attention_row_mask: also zero the cross-attention
+    flash attention on NVIDIA GPUs, bf16/fp16); attention_block_bytes: the most bytes of float32 attention scores
+    the "xla" path holds in one block (None: the backend's default, 8 MiB of a few batch rows on CPU, 1 GiB spanning
+    the batch elsewhere; see `layers.AttentionOptions`); meta_cross_attention_row_mask: also zero the cross-attention
     output of text rows that see no image (Meta's reference) instead of only the MLP branch (transformers).
     """
 
@@ -152,11 +154,14 @@ class MllamaConfig:
     remat: str = "none"
     scan_layers: bool = True
     attention_impl: str = "xla"
+    attention_block_bytes: Optional[int] = None
     meta_cross_attention_row_mask: bool = False
 
     def __post_init__(self):
         if self.attention_impl not in ("xla", "cudnn"):
             raise ValueError(f"attention_impl must be 'xla' or 'cudnn', got {self.attention_impl!r}")
+        if self.attention_block_bytes is not None and not self.attention_block_bytes > 0:
+            raise ValueError(f"attention_block_bytes must be > 0 or None, got {self.attention_block_bytes!r}")
         if self.remat not in ("none", "full", "dots"):
             raise ValueError(f"remat must be 'none', 'full' or 'dots', got {self.remat!r}")
 

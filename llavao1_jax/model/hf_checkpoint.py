@@ -1,8 +1,10 @@
 """Hugging Face checkpoint import and export for `Mllama`.
 
-Import streams tensors from (sharded) safetensors files one at a time: every parameter is assembled with
-`jax.make_array_from_callback`, so each device reads just the layers and slices of its own shard and the host never
-holds more than one checkpoint tensor at a time. Both tensor layouts are accepted: the Hub's
+Import reads (multi-file) safetensors checkpoints in pieces: every parameter is assembled with
+`jax.make_array_from_callback`, and the callback for a device reads from the files, through safetensors' `get_slice`,
+only the layers and elements of that device's shard (a fully replicated parameter is read once, a partly replicated
+one by each device holding a copy). So loading onto a mesh reads about one checkpoint's worth of bytes in all, and the
+host holds one shard of one tensor at a time. Both tensor layouts are accepted: the Hub's
 (`language_model.model.*`, `vision_model.*`, `language_model.lm_head.*`) and transformers >= 4.52 / 5.x
 (`model.language_model.*`, `model.vision_model.*`, `lm_head.*`). Export writes the Hub layout, which every
 transformers version loads. Both text layouts (`MllamaConfig.scan_layers`) map onto the same tensors: a stacked
@@ -11,7 +13,9 @@ parameter to one tensor per layer, a per-layer parameter (`language_model.layers
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -67,14 +71,31 @@ class TensorMap:
     stacked: bool
     kind: str  # "linear" (transpose), "conv" ([out,in,kh,kw] <-> [in,kh,kw,out]), "reshape", "same"
 
-    def to_ours(self, t: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    def hub_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape of the Hub tensor behind our (per-layer) `shape`."""
         if self.kind == "linear":
-            t = t.T
-        elif self.kind == "conv":
-            t = t.transpose(1, 2, 3, 0)
-        elif self.kind == "reshape":
-            t = t.reshape(shape)
-        return t
+            return tuple(reversed(shape))
+        if self.kind == "conv":
+            return (shape[3], *shape[:3])
+        if self.kind == "reshape":
+            return (shape[0], math.prod(shape[1:]))
+        return tuple(shape)
+
+    def read(self, tensor, index: tuple[slice, ...], shape: tuple[int, ...]) -> np.ndarray:
+        """Our (per-layer) array of `shape`, at `index`, read from `tensor` (a safetensors `get_slice` handle):
+        only the Hub elements it selects are read."""
+        if self.kind == "linear":
+            return tensor[index[::-1]].T
+        if self.kind == "conv":
+            return tensor[(index[3], *index[:3])].transpose(1, 2, 3, 0)
+        if self.kind == "reshape":
+            # A Hub row holds our trailing axes flattened: one contiguous run of the last axis per middle position.
+            middle = [range(*i.indices(n)) for i, n in zip(index[1:-1], shape[1:-1])]
+            first, stop, _ = index[-1].indices(shape[-1])
+            starts = [int(np.ravel_multi_index(p, shape[1:-1])) * shape[-1] for p in itertools.product(*middle)]
+            runs = np.stack([tensor[index[0], start + first:start + stop] for start in starts], axis=1)
+            return runs.reshape(runs.shape[0], *map(len, middle), stop - first)
+        return tensor[index]
 
     def to_hub(self, t: np.ndarray) -> np.ndarray:
         if self.kind == "linear":
@@ -145,11 +166,9 @@ class SafetensorsDir:
             self._handles[file] = safe_open(path, framework="numpy")
         return self._handles[file]
 
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._handle(self.files[name]).get_slice(self.original[name]).get_shape())
-
-    def get(self, name: str) -> np.ndarray:
-        return self._handle(self.files[name]).get_tensor(self.original[name])
+    def tensor(self, name: str):
+        """A safetensors slice handle of tensor `name`: `get_shape()`, and indexing reads only what it selects."""
+        return self._handle(self.files[name]).get_slice(self.original[name])
 
 
 def _check_names(maps: list[TensorMap], ckpt: SafetensorsDir, source: Path) -> None:
@@ -166,26 +185,23 @@ def _check_names(maps: list[TensorMap], ckpt: SafetensorsDir, source: Path) -> N
 
 
 def _param_loader(m: TensorMap, ckpt: SafetensorsDir, shape, dtype) -> Callable:
-    """A make_array_from_callback callback reading only the layers and slices a shard needs."""
-    layer_shape = shape[1:] if m.stacked else shape
+    """A make_array_from_callback callback reading only the layers and elements a shard needs."""
+    layer_shape = tuple(shape[1:] if m.stacked else shape)
 
-    def read(name: str) -> np.ndarray:
-        got = ckpt.shape(name)
-        t = ckpt.get(name)
-        try:
-            t = m.to_ours(t, layer_shape)
-        except ValueError:
-            t = None
-        if t is None or t.shape != tuple(layer_shape):
+    def read(name: str, index: tuple[slice, ...]) -> np.ndarray:
+        tensor = ckpt.tensor(name)
+        got = tuple(tensor.get_shape())
+        if got != m.hub_shape(layer_shape):
             raise ValueError(f"tensor {name} has shape {got}, which does not fit parameter "
-                             f"{'.'.join(m.path)} of shape {tuple(layer_shape)}")
-        return t.astype(dtype)
+                             f"{'.'.join(m.path)} of shape {layer_shape}")
+        return m.read(tensor, index, layer_shape).astype(dtype)
 
     def callback(index):
+        index = tuple(index) + (slice(None),) * (len(shape) - len(index))
         if not m.stacked:
-            return read(m.hub_names[0])[index]
+            return read(m.hub_names[0], index)
         layers = range(len(m.hub_names))[index[0]]
-        return np.stack([read(m.hub_names[i])[index[1:]] for i in layers])
+        return np.stack([read(m.hub_names[i], index[1:]) for i in layers])
 
     return callback
 

@@ -5,6 +5,7 @@ Every parameter is an `nnx.Param` carrying logical axis names (`out_sharding` me
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -95,13 +96,34 @@ def mask_value(dtype=jnp.float32) -> float:
     return float(jnp.finfo(dtype).min)
 
 
-# How `attention` blocks its float32 scores, per backend: the most bytes one block may hold, and whether a block may
-# take a subset of the batch rows. On CPU small blocks of a few rows stay in cache (the vision tower's 1056-token tiles
-# at batch 8: 140-180 ms per layer, against 290 ms as one [B, H, S, S] array and 230-330 ms for blocks spanning the
-# batch, on 2 cores). On accelerators blocks span the batch, which may be sharded (slicing a sharded batch would gather
-# it onto every device), and bound memory (one [B, H, S, S] array for 32 tiles of the 11B vision tower is 20 GB).
-ATTENTION_BLOCKS = {"cpu": (8 << 20, True)}
-DEFAULT_ATTENTION_BLOCKS = (1 << 30, False)
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions:
+    """How `attention` runs (static: a change retraces).
+
+    implementation: "xla" (exact, blocked) or "cudnn" (fused flash attention on NVIDIA GPUs, bf16/fp16).
+    block_bytes: the most bytes of float32 scores one block of the "xla" path may hold; split_batch: whether a block
+    may take a subset of the batch rows. None picks the backend's default (`default_blocking`).
+    """
+
+    implementation: str = "xla"
+    block_bytes: Optional[int] = None
+    split_batch: Optional[bool] = None
+
+    def blocking(self, backend: str) -> tuple[int, bool]:
+        """(block_bytes, split_batch) on `backend`, defaults filled in."""
+        default_bytes, default_split = default_blocking(backend)
+        return (default_bytes if self.block_bytes is None else self.block_bytes,
+                default_split if self.split_batch is None else self.split_batch)
+
+
+def default_blocking(backend: str) -> tuple[int, bool]:
+    """The default (block_bytes, split_batch) of `attention` on `backend`.
+
+    On CPU small blocks of a few batch rows stay in cache (8 MiB). On accelerators blocks span the batch, which may be
+    sharded (slicing a sharded batch would gather it onto every device), and bound memory (1 GiB; one [B, H, S, S]
+    array for 32 tiles of the 11B vision tower is 20 GB).
+    """
+    return (8 << 20, True) if backend == "cpu" else (1 << 30, False)
 
 
 class KVLayout(NamedTuple):
@@ -129,23 +151,23 @@ def to_layout(x: jax.Array, source: str, target: str) -> jax.Array:
     return x if source == target else jnp.einsum(f"{source}->{target}", x)
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array], implementation: str = "xla",
-              layout: KVLayout = PROJECTED):
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array],
+              options: AttentionOptions = AttentionOptions(), layout: KVLayout = PROJECTED):
     """Scaled dot-product attention with grouped K/V heads and an additive bias, softmax in float32.
 
     q: [B, Sq, H, D]; k, v: in `layout` (by default [B, Sk, KV, D]) with H a multiple of KV; bias: [B or 1, 1, Sq
     or 1, Sk] (0 = attend, finfo.min = blocked). "xla" computes scores, then softmax, exactly as transformers' eager
-    path, in blocks of queries (and of batch rows on CPU) whose scores fit `ATTENTION_BLOCKS`; "cudnn" is the fused
+    path, in blocks of queries (and of batch rows on CPU) whose scores fit `options.blocking`; "cudnn" is the fused
     flash kernel on NVIDIA GPUs (bf16/fp16) for K/V in the PROJECTED layout (attention over a cache always takes the
     "xla" path, which reads the cache in place). Returns [B, Sq, H, D].
     """
-    if implementation == "cudnn" and layout == PROJECTED:
+    if options.implementation == "cudnn" and layout == PROJECTED:
         bias = None if bias is None else bias.astype(q.dtype)
         return jax.nn.dot_product_attention(q, k, v, bias=bias, implementation="cudnn")
     b, sq, h, _ = q.shape
     sk = k.shape[layout.position_axis()[0]]
     bias = jnp.zeros((1, 1, 1, sk), jnp.float32) if bias is None else bias.astype(jnp.float32)
-    budget, split_batch = ATTENTION_BLOCKS.get(jax.default_backend(), DEFAULT_ATTENTION_BLOCKS)
+    budget, split_batch = options.blocking(jax.default_backend())
     row_bytes = h * sq * sk * 4
     if b * row_bytes <= budget:
         return _exact_attention(q, k, v, bias, layout)

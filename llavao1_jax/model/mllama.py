@@ -16,7 +16,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from llavao1_jax.model.config import MllamaConfig
-from llavao1_jax.model.layers import Linear
+from llavao1_jax.model.layers import AttentionOptions, Linear
 from llavao1_jax.model.text import CrossInputs, KVCache, TextDecoder, causal_bias, cross_inputs, init_cache
 from llavao1_jax.model.vision import VisionEncoder
 from llavao1_jax.sharding import DEFAULT_RULES, state_shardings
@@ -32,11 +32,12 @@ class Mllama(nnx.Module):
         self.config = config
         dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        self.vision_model = VisionEncoder(config.vision, remat=config.remat, attention_impl=config.attention_impl, **kw)
+        attention_options = AttentionOptions(config.attention_impl, config.attention_block_bytes)
+        self.vision_model = VisionEncoder(config.vision, remat=config.remat, attention_options=attention_options, **kw)
         self.multi_modal_projector = Linear(config.vision.vision_output_dim, config.text.hidden_size,
                                             ("vision_out", "embed"), bias=True, **kw)
         self.language_model = TextDecoder(config.text, meta_row_mask=config.meta_cross_attention_row_mask,
-                                          attention_impl=config.attention_impl, remat=config.remat,
+                                          attention_options=attention_options, remat=config.remat,
                                           scan_layers=config.scan_layers, **kw)
 
     # ------------------------------------------------------------------------------------- traceable pieces

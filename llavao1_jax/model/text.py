@@ -23,9 +23,9 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 
 from llavao1_jax.model.config import TextConfig
-from llavao1_jax.model.layers import (CACHED, PROJECTED, REMAT_POLICIES, KVLayout, Linear, RMSNorm, activation,
-                                      apply_rope, attention, mask_value, param, rope_cos_sin, rope_inv_freq,
-                                      stack_layers, to_layout)
+from llavao1_jax.model.layers import (CACHED, PROJECTED, REMAT_POLICIES, AttentionOptions, KVLayout, Linear, RMSNorm,
+                                      activation, apply_rope, attention, mask_value, param, rope_cos_sin,
+                                      rope_inv_freq, stack_layers, to_layout)
 
 
 # Logical axis names of one layer's cached K and V, in the order of layers.CACHED; stacked arrays put "layers" first.
@@ -113,7 +113,7 @@ class MLP(nnx.Module):
 class AttentionProjections(nnx.Module):
     """q/k/v/o projections with grouped K/V heads."""
 
-    def __init__(self, cfg: TextConfig, attention_impl: str, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, attention_options: AttentionOptions, *, param_dtype, dtype, rngs: nnx.Rngs):
         d, kvd = cfg.hidden_size, cfg.num_key_value_heads * cfg.head_dim
         lin = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.q_proj = Linear(d, d, ("embed", "heads"), **lin)
@@ -121,7 +121,7 @@ class AttentionProjections(nnx.Module):
         self.v_proj = Linear(d, kvd, ("embed", "kv_heads"), **lin)
         self.o_proj = Linear(d, d, ("heads", "embed"), **lin)
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.attention_impl = attention_impl
+        self.attention_options = attention_options
 
     def query(self, x):
         return self.q_proj(x).reshape(*x.shape[:2], self.num_heads, self.head_dim)
@@ -131,7 +131,7 @@ class AttentionProjections(nnx.Module):
         return self.k_proj(x).reshape(shape), self.v_proj(x).reshape(shape)
 
     def attend(self, q, k, v, bias, layout: KVLayout = PROJECTED):
-        return attention(q, k.astype(q.dtype), v.astype(q.dtype), bias, self.attention_impl, layout)
+        return attention(q, k.astype(q.dtype), v.astype(q.dtype), bias, self.attention_options, layout)
 
     def output(self, a):
         return self.o_proj(a.reshape(*a.shape[:2], -1))
@@ -140,10 +140,10 @@ class AttentionProjections(nnx.Module):
 class SelfAttentionLayer(nnx.Module):
     """Llama block: RMSNorm -> GQA attention with RoPE -> residual -> RMSNorm -> gated MLP -> residual."""
 
-    def __init__(self, cfg: TextConfig, attention_impl: str, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: TextConfig, attention_options: AttentionOptions, *, param_dtype, dtype, rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", **kw)
-        self.self_attn = AttentionProjections(cfg, attention_impl, dtype=dtype, **kw)
+        self.self_attn = AttentionProjections(cfg, attention_options, dtype=dtype, **kw)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", **kw)
         self.mlp = MLP(cfg, dtype=dtype, **kw)
 
@@ -169,11 +169,11 @@ class SelfAttentionLayer(nnx.Module):
 class CrossAttentionLayer(nnx.Module):
     """Gated cross-attention block over image features (no RoPE, RMSNorm on q and k heads)."""
 
-    def __init__(self, cfg: TextConfig, meta_row_mask: bool, attention_impl: str, *, param_dtype, dtype,
+    def __init__(self, cfg: TextConfig, meta_row_mask: bool, attention_options: AttentionOptions, *, param_dtype, dtype,
                  rngs: nnx.Rngs):
         kw = dict(param_dtype=param_dtype, rngs=rngs)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, "embed", **kw)
-        self.cross_attn = AttentionProjections(cfg, attention_impl, dtype=dtype, **kw)
+        self.cross_attn = AttentionProjections(cfg, attention_options, dtype=dtype, **kw)
         self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, "head_dim", **kw)
         self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps, "head_dim", **kw)
         self.cross_attn_attn_gate = param(rngs, (1,), (None,), param_dtype, "zeros")
@@ -258,7 +258,8 @@ class TextDecoder(nnx.Module):
     """Token embeddings, the self/cross layers (scanned blocks or a per-layer loop, see the module docstring), final
     RMSNorm and the LM head."""
 
-    def __init__(self, cfg: TextConfig, *, meta_row_mask: bool = False, attention_impl: str = "xla", param_dtype,
+    def __init__(self, cfg: TextConfig, *, meta_row_mask: bool = False,
+                 attention_options: AttentionOptions = AttentionOptions(), param_dtype,
                  dtype, remat: str = "none", scan_layers: bool = True, rngs: nnx.Rngs):
         self.cfg = cfg
         self.dtype = dtype
@@ -266,8 +267,8 @@ class TextDecoder(nnx.Module):
         self.scan_layers = scan_layers
         kw = dict(param_dtype=param_dtype, dtype=dtype)
         self.embed_tokens = param(rngs, (cfg.embedding_rows, cfg.hidden_size), ("vocab", "embed"), param_dtype)
-        make_self = lambda r: SelfAttentionLayer(cfg, attention_impl, rngs=r, **kw)
-        make_cross = lambda r: CrossAttentionLayer(cfg, meta_row_mask, attention_impl, rngs=r, **kw)
+        make_self = lambda r: SelfAttentionLayer(cfg, attention_options, rngs=r, **kw)
+        make_cross = lambda r: CrossAttentionLayer(cfg, meta_row_mask, attention_options, rngs=r, **kw)
         if scan_layers:
             self.self_layers = stack_layers(make_self, cfg.num_self_layers, rngs)
             self.cross_layers = stack_layers(make_cross, cfg.num_cross_layers, rngs) if cfg.num_cross_layers else None

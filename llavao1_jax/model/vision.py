@@ -12,13 +12,15 @@ import numpy as np
 from flax import nnx
 
 from llavao1_jax.model.config import VisionConfig
-from llavao1_jax.model.layers import LayerNorm, Linear, activation, attention, mask_value, param, scan_layers, stack_layers
+from llavao1_jax.model.layers import (AttentionOptions, LayerNorm, Linear, activation, attention, mask_value, param,
+                                      scan_layers, stack_layers)
 
 
 class VisionLayer(nnx.Module):
     """Pre-norm transformer layer; `gated` layers (global encoder) scale both branches by tanh(gate)."""
 
-    def __init__(self, cfg: VisionConfig, gated: bool, attention_impl: str, *, param_dtype, dtype, rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, gated: bool, attention_options: AttentionOptions, *, param_dtype, dtype,
+                 rngs: nnx.Rngs):
         d, f = cfg.hidden_size, cfg.intermediate_size
         lin = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
         self.input_layernorm = LayerNorm(d, cfg.norm_eps, "vision_embed", param_dtype=param_dtype, rngs=rngs)
@@ -35,13 +37,13 @@ class VisionLayer(nnx.Module):
         self.gated = gated
         self.num_heads = cfg.num_attention_heads
         self.act = activation(cfg.hidden_act)
-        self.attention_impl = attention_impl
+        self.attention_options = attention_options
 
     def __call__(self, x: jax.Array, bias: jax.Array) -> jax.Array:
         b, s, d = x.shape
         h = self.input_layernorm(x)
         split = lambda t: t.reshape(b, s, self.num_heads, d // self.num_heads)
-        a = attention(split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h)), bias, self.attention_impl)
+        a = attention(split(self.q_proj(h)), split(self.k_proj(h)), split(self.v_proj(h)), bias, self.attention_options)
         a = self.o_proj(a.reshape(b, s, d))
         if self.gated:
             a = jnp.tanh(self.gate_attn[...]).astype(a.dtype) * a
@@ -84,8 +86,8 @@ class PositionEmbedding(nnx.Module):
 class VisionEncoder(nnx.Module):
     """pixel_values [B, I, T, C, H, W] -> features [B, I, T, num_patches, vision_output_dim]."""
 
-    def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, remat: str = "none", attention_impl: str = "xla",
-                 rngs: nnx.Rngs):
+    def __init__(self, cfg: VisionConfig, *, param_dtype, dtype, remat: str = "none",
+                 attention_options: AttentionOptions = AttentionOptions(), rngs: nnx.Rngs):
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
@@ -99,9 +101,9 @@ class VisionEncoder(nnx.Module):
         self.layernorm_pre = LayerNorm(d, cfg.norm_eps, "vision_embed", param_dtype=param_dtype, rngs=rngs)
         self.layernorm_post = LayerNorm(d, cfg.norm_eps, "vision_embed", param_dtype=param_dtype, rngs=rngs)
         layer = dict(param_dtype=param_dtype, dtype=dtype)
-        self.transformer = stack_layers(lambda r: VisionLayer(cfg, False, attention_impl, rngs=r, **layer),
+        self.transformer = stack_layers(lambda r: VisionLayer(cfg, False, attention_options, rngs=r, **layer),
                                         cfg.num_hidden_layers, rngs)
-        self.global_transformer = stack_layers(lambda r: VisionLayer(cfg, True, attention_impl, rngs=r, **layer),
+        self.global_transformer = stack_layers(lambda r: VisionLayer(cfg, True, attention_options, rngs=r, **layer),
                                                cfg.num_global_layers, rngs)
 
     def embed_patches(self, pixels: jax.Array) -> jax.Array:
