@@ -23,9 +23,10 @@ def can_infer_option(answer: str, choices: dict[str, str], rules: str = "p24") -
         return None
     if any(refusal in answer for refusal in _REFUSALS):
         return "Z"
+    separated = answer
     for char in _OPTION_SEPARATORS:
-        answer = answer.replace(char, " ")
-    tokens = answer.split()
+        separated = separated.replace(char, " ")
+    tokens = separated.split()
     named = [letter for letter in choices if letter in tokens]
     if len(named) == 1:
         # HEAD also wants the letter's first occurrence among the last four tokens.
