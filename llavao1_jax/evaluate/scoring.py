@@ -49,13 +49,13 @@ def _mean(values) -> float:
     return float(np.mean(values)) if len(values) else float("nan")
 
 
-def _breakdown(items, key) -> dict:
-    """Mean hit (percent) per sorted value of `key(row)` over `(row, hit)` pairs."""
+def _breakdown(items, key, scale: float = 100) -> dict:
+    """Mean hit (percent, or times `scale`) per sorted value of `key(row)` over `(row, hit)` pairs."""
     groups = collections.defaultdict(list)
     for row, hit in items:
         if key(row) is not None:
             groups[key(row)].append(hit)
-    return {k: 100 * _mean(groups[k]) for k in sorted(groups)}
+    return {k: scale * _mean(groups[k]) for k in sorted(groups)}
 
 
 def _acc_table(items) -> list[dict]:
@@ -66,8 +66,8 @@ def _acc_table(items) -> list[dict]:
         sub = [(row, hit) for row, hit in items if (row.split or "none") == split]
         line = {"split": split, "Overall": _mean([hit for _, hit in sub])}
         for attr in ("l2_category", "category"):
-            for name, value in _breakdown(sub, lambda r: getattr(r, attr)).items():
-                line[MMB_ABBREVIATIONS.get(name, name)] = value / 100
+            for name, value in _breakdown(sub, lambda r: getattr(r, attr), scale=1).items():
+                line[MMB_ABBREVIATIONS.get(name, name)] = value
         table.append(line)
     return table
 
