@@ -47,6 +47,21 @@ def report(bench: Benchmark, scores: Scores, rules: str, answer_from: str) -> di
     return out
 
 
+def format_report(summary: dict) -> str:
+    """The report as a small text table: overall, then each category and l2-category (percent)."""
+    def cell(value):
+        return "-" if value is None else f"{value:6.2f}"
+
+    label = summary.get("metric", "accuracy")
+    lines = [f"{summary['benchmark']} ({summary['kind']}, rules {summary['rules']}, answer from "
+             f"{summary['answer_from']}): {summary['n']} rows, {summary['needs_judge']} need a judge",
+             f"  {'overall ' + label:<40}{cell(summary['overall'])}"]
+    lines += [f"  {k:<40}{cell(summary[k])}" for k in ("aAcc", "fAcc", "qAcc") if k in summary]
+    for group in ("by_category", "by_l2_category"):
+        lines += [f"  {name:<40}{cell(value)}" for name, value in summary[group].items()]
+    return "\n".join(lines)
+
+
 def _write_atomic(path: Path, text: str):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
