@@ -19,7 +19,8 @@ JUDGE_COLUMNS = ("index", "question", "answer", "prediction", "category")
 
 def _matched_answers(bench: Benchmark, outputs: dict[str, str], source: str, answer_from: str) -> dict[str, str]:
     known = bench.by_index()
-    unknown = [k for k in outputs if k not in known and k not in {str(i) for i in bench.dropped}]
+    dropped = {str(i) for i in bench.dropped}  # rows without an image: their predictions are ignored, as there
+    unknown = [k for k in outputs if k not in known and k not in dropped]
     if unknown:
         raise ValueError(f"{source}: {len(unknown)} prediction index(es) not in benchmark {bench.path}: "
                          f"{unknown[:5]}")

@@ -2,6 +2,7 @@
 text) and VLMEvalKit's prediction files (xlsx or tsv with `index` and `prediction` columns)."""
 from __future__ import annotations
 
+import collections
 import json
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _read_table(path: Path) -> dict[str, str]:
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing} (columns present: {list(table.columns)})")
     keys = [str(i) for i in table["index"]]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    repeated = sorted(k for k, count in collections.Counter(keys).items() if count > 1)
     if repeated:
         raise ValueError(f"{path}: repeated index(es) {repeated[:5]}")
     # VLMEvalKit scores `str(prediction)`: an empty or NA cell reads as "nan".
