@@ -23,6 +23,7 @@ import pandas as pd
 from llavao1_jax.evaluate import images
 
 KINDS = ("mmstar", "mmbench", "ai2d", "hallusionbench", "mathvista", "mmvet")
+MC_KINDS = ("mmstar", "mmbench", "ai2d")  # scored by option letter
 # VLMEvalKit dataset name prefixes (case-insensitive) and the kind each names.
 _NAME_PREFIXES = (("mmbench", "mmbench"), ("mmstar", "mmstar"), ("ai2d", "ai2d"),
                   ("hallusionbench", "hallusionbench"), ("mathvista", "mathvista"), ("mmvet", "mmvet"))

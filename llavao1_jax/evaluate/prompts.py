@@ -2,9 +2,7 @@
 AI2D and MathVista), and its rendering through the chat template with the image first."""
 from __future__ import annotations
 
-from llavao1_jax.evaluate.benchmarks import Row
-
-MC_KINDS = ("mmstar", "mmbench", "ai2d")
+from llavao1_jax.evaluate.benchmarks import MC_KINDS, Row
 _AI2D_11B = ("Look at the scientific diagram carefully and answer the following question: {question}\n"
              "Think step by step and finally respond to the question with only the correct option number as "
              "\"FINAL ANSWER\".<cot_start>Let's think step by step.")

@@ -9,7 +9,7 @@ import dataclasses
 
 import numpy as np
 
-from llavao1_jax.evaluate.benchmarks import Benchmark, Row
+from llavao1_jax.evaluate.benchmarks import MC_KINDS, Benchmark, Row
 from llavao1_jax.evaluate.extraction import extract_option, extract_yes_no
 
 CIRCULAR_STRIDE = 1_000_000
@@ -72,14 +72,31 @@ def _acc_table(items) -> list[dict]:
     return table
 
 
+def score_row(kind: str, row: Row, prediction: str, rules: str) -> tuple[str | None, bool, bool]:
+    """One answer by its benchmark kind's rule: (what was extracted, whether it is right, whether VLMEvalKit
+    would hand it to its GPT judge)."""
+    if kind in MC_KINDS:
+        extracted = extract_option(prediction, row.options, rules)
+        return extracted, extracted == row.answer, extracted is None
+    if kind == "hallusionbench":
+        extracted = extract_yes_no(prediction)
+        return extracted, extracted == row.answer, extracted == "Unknown"
+    if kind == "mathvista":
+        extracted, hit = mathvista_prefetch(row, prediction, rules)
+        fetched = extracted is not None if row.fields["question_type"] == "multi_choice" else hit
+        return extracted, hit, not fetched
+    return None, False, True  # MMVet: a GPT judge only
+
+
+def _row_results(bench: Benchmark, answers: dict[str, str], rules: str) -> list[RowResult]:
+    return [RowResult(row, answers[str(row.index)], *score_row(bench.kind, row, answers[str(row.index)], rules))
+            for row in bench]
+
+
 def score_multiple_choice(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
     """Vanilla multiple choice (MMStar, AI2D), or circular for MMBench: a question counts only when every rotation
     in its group (`g_index`, else `index % 1_000_000`) is inferred and right; accuracy is over the groups."""
-    results = []
-    for row in bench:
-        prediction = answers[str(row.index)]
-        extracted = extract_option(prediction, row.options, rules)
-        results.append(RowResult(row, prediction, extracted, extracted == row.answer, extracted is None))
+    results = _row_results(bench, answers, rules)
     if bench.kind == "mmbench":
         groups = collections.defaultdict(list)
         for result in results:
@@ -117,11 +134,7 @@ def _hallusion_accuracies(results: list[RowResult]) -> dict[str, float]:
 def score_hallusionbench(bench: Benchmark, answers: dict[str, str]) -> Scores:
     """HallusionBench: yes/no extraction; aAcc over rows, fAcc over figure groups, qAcc over question groups
     (percent), per split: Overall, each category, each l2-category. `overall` is the mean of the three."""
-    results = []
-    for row in bench:
-        extracted = extract_yes_no(answers[str(row.index)])
-        results.append(RowResult(row, answers[str(row.index)], extracted, extracted == row.answer,
-                                 extracted == "Unknown"))
+    results = _row_results(bench, answers, rules="p24")
     overall = _hallusion_accuracies(results)
     table = [{"split": "Overall", **overall}]
     by = {}
@@ -161,12 +174,7 @@ def score_mathvista(bench: Benchmark, answers: dict[str, str], rules: str) -> Sc
     """MathVista by the prefetch rules alone (`mathvista_rule_based`, our metric: VLMEvalKit needs a GPT judge for
     the rest). Rows whose prefetch fails are marked for a judge. The table is VLMEvalKit's `*_score.csv` layout:
     `Task&Skill, tot, prefetch, hit, prefetch_rate, acc`, for Overall, each task and each skill."""
-    results = []
-    for row in bench:
-        extracted, hit = mathvista_prefetch(row, answers[str(row.index)], rules)
-        multi_choice = row.fields["question_type"] == "multi_choice"
-        fetched = extracted is not None if multi_choice else hit
-        results.append(RowResult(row, answers[str(row.index)], extracted, hit, not fetched))
+    results = _row_results(bench, answers, rules)
     groups = collections.defaultdict(list)
     for r in results:
         for key in ["Overall", r.row.fields.get("task"), *_skills(r.row)]:
@@ -185,13 +193,13 @@ def score_mathvista(bench: Benchmark, answers: dict[str, str], rules: str) -> Sc
 
 def score_mmvet(bench: Benchmark, answers: dict[str, str]) -> Scores:
     """MMVet is judged by GPT only: every row is marked for the judge and no accuracy is given."""
-    results = [RowResult(row, answers[str(row.index)], None, False, True) for row in bench]
+    results = _row_results(bench, answers, rules="p24")
     return Scores(results, None, {}, {}, [], None, extra={"metric": "needs_gpt_judge"})
 
 
 def score_rows(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
     """Scores `answers` (keyed by `str(index)`, one per row) against `bench` by its kind's rules."""
-    if bench.kind in ("mmstar", "mmbench", "ai2d"):
+    if bench.kind in MC_KINDS:
         return score_multiple_choice(bench, answers, rules)
     if bench.kind == "hallusionbench":
         return score_hallusionbench(bench, answers)
