@@ -33,5 +33,5 @@ def test_rescoring_writes_config_tables_and_summary(tmp_path):
 
 def test_missing_predictions_key_is_a_usage_error(tmp_path):
     run = _run("--config.benchmark=x.tsv", f"--workdir={tmp_path / 'w'}")
-    assert run.returncode != 0 and "--config.predictions is required" in run.stderr
+    assert run.returncode != 0 and "exactly one of --config.predictions" in run.stderr
     assert not (tmp_path / "w").exists()

@@ -63,7 +63,7 @@ def format_report(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str):
+def write_atomic(path: Path, text: str):
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
@@ -86,23 +86,24 @@ def write_outputs(workdir: str | Path, bench: Benchmark, scores: Scores, summary
     written = []
     if scores.table:
         written.append(workdir / f"{bench.name}_{scores.table_suffix}.csv")
-        _write_atomic(written[-1], _csv(scores.table))
+        write_atomic(written[-1], _csv(scores.table))
     judge = [{"index": r.row.index, "question": r.row.question, "answer": r.row.answer, "prediction": r.prediction,
               "category": r.row.category} for r in scores.rows if r.needs_judge]
     if judge:
         written.append(workdir / f"{bench.name}_judge_input.tsv")
-        _write_atomic(written[-1], _csv(judge, delimiter="\t"))
+        write_atomic(written[-1], _csv(judge, delimiter="\t"))
     written.append(workdir / "summary.json")
-    _write_atomic(written[-1], json.dumps(summary, indent=2) + "\n")
+    write_atomic(written[-1], json.dumps(summary, indent=2) + "\n")
     return written
 
 
 def score(benchmark: str | Path | Benchmark, predictions: str | Path | dict, rules: str = "p24",
-          answer_from: str = "conclusion", workdir: str | Path | None = None, **read_options) -> dict:
+          answer_from: str = "conclusion", workdir: str | Path | None = None, extra_summary: dict | None = None,
+          **read_options) -> dict:
     """Scores a prediction file (our jsonl, or VLMEvalKit's xlsx / tsv) against a benchmark TSV by VLMEvalKit's
     rule-based path and returns the report (see `report`). `answer_from="conclusion"` scores the `<CONCLUSION>` body,
-    `"full"` the whole output as VLMEvalKit would. With `workdir`, also writes the files of `write_outputs`.
-    `read_options` go to `read_benchmark` (name, kind, keep_none_options)."""
+    `"full"` the whole output as VLMEvalKit would. With `workdir`, also writes the files of `write_outputs`;
+    `extra_summary` adds keys to the report. `read_options` go to `read_benchmark` (name, kind, keep_none_options)."""
     if rules not in RULES:
         raise ValueError(f"unknown rules {rules!r}; expected one of {RULES}")
     if answer_from not in ANSWER_FROM:
@@ -112,7 +113,7 @@ def score(benchmark: str | Path | Benchmark, predictions: str | Path | dict, rul
         else read_predictions(predictions)
     source = "predictions" if isinstance(predictions, dict) else str(predictions)
     scores = score_rows(bench, _matched_answers(bench, outputs, source, answer_from), rules)
-    summary = report(bench, scores, rules, answer_from)
+    summary = {**report(bench, scores, rules, answer_from), **(extra_summary or {})}
     if workdir is not None:
         write_outputs(workdir, bench, scores, summary)
     return summary
