@@ -1,5 +1,6 @@
-"""The evaluation runner on a tiny random checkpoint: greedy and stage search runs write predictions, tables and
-summary; an interrupted run resumes to the same file without duplicates; undecodable images are skipped or fatal."""
+"""The evaluation runner on a tiny random model: greedy and stage search runs write predictions, tables, summary
+and VLMEvalKit's prediction file; an interrupted run resumes to the same file without duplicates; undecodable
+images are skipped and counted, or fatal with `strict`."""
 import base64
 import importlib.util
 import io
@@ -38,16 +39,20 @@ def _noise_base64(seed):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def bench(tmp_path_factory):
+    """MMStar rows 0-2 with images, row 3 with an undecodable one."""
+    bad = base64.b64encode(b"this is no image, and it is longer than sixty-four characters in all").decode()
+    return write_tsv(tmp_path_factory.mktemp("runner") / "MMStar.tsv", [
+        dict(index=i, question=f"Question {i}?", answer="A", category="math" if i < 2 else "science", A="one",
+             B="two", image=_noise_base64(i) if i != 3 else bad) for i in range(4)])
+
+
+@pytest.fixture(scope="module")
+def setup(bench):
     config = preset("tiny", scan_layers=False)
     model = lj.init_model(config, seed=0)
     processor = lj.Processor.llama3_2_vision(tile_size=config.vision.image_size,
                                              max_image_tiles=config.vision.max_num_tiles)
-    root = tmp_path_factory.mktemp("runner")
-    bad = base64.b64encode(b"this is no image, and it is longer than sixty-four characters in all").decode()
-    bench = write_tsv(root / "MMStar.tsv", [
-        dict(index=i, question=f"Question {i}?", answer="A", category="math" if i < 2 else "science", A="one",
-             B="two", image=_noise_base64(i) if i != 3 else bad) for i in range(4)])
     return lj.Generator(model), processor, bench
 
 
@@ -57,7 +62,7 @@ def _search(config):
 
 def test_greedy_run_resumes_after_interruption(setup, tmp_path):
     generator, processor, bench = setup
-    config = _eval_config(benchmark=str(bench), limit=3, batch_size=2)
+    config = _eval_config(benchmark=str(bench), limit=3, batch_size=1)  # one shape: compiled once
     summary = run(config, tmp_path / "full", generator, processor, _search(config))
     full = (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in full]
@@ -81,7 +86,8 @@ def test_greedy_run_resumes_after_interruption(setup, tmp_path):
     assert [json.loads(line)["output"] for line in resumed] == [r["output"] for r in records]
 
 
-def test_undecodable_image_is_skipped_and_counted_or_fatal(setup, tmp_path):
+@pytest.mark.slow
+def test_stage_search_run_skips_and_counts_undecodable_images(setup, tmp_path):
     generator, processor, bench = setup
     config = _eval_config(benchmark=str(bench), batch_size=4)
     config.search.method = "stage"
@@ -90,13 +96,16 @@ def test_undecodable_image_is_skipped_and_counted_or_fatal(setup, tmp_path):
     assert summary["skipped_images"] == ["3"] and summary["n"] == 3 and summary["rows_run"] == 4
     records = [json.loads(line) for line in (tmp_path / "stage" / "predictions.jsonl").read_text().splitlines()]
     assert [r["index"] for r in records] == [0, 1, 2]
-    config.strict = True
+
+
+def test_strict_run_fails_on_an_undecodable_image_before_generating(bench, tmp_path):
+    config = _eval_config(benchmark=str(bench), batch_size=4, strict=True)
     with pytest.raises(ValueError, match=r"MMStar.tsv: row 3, column 'image': undecodable"):
-        run(config, tmp_path / "strict", generator, processor, _search(config))
+        run(config, tmp_path, None, None, None)
+    assert (tmp_path / "predictions.jsonl").read_text() == ""
 
 
-def test_predictions_of_other_rows_are_an_error(setup, tmp_path):
-    generator, processor, bench = setup
+def test_predictions_of_other_rows_are_an_error(bench, tmp_path):
     (tmp_path / "predictions.jsonl").write_text(json.dumps({"index": 42, "output": "A"}) + "\n")
     with pytest.raises(ValueError, match=r"index\(es\) \['42'\] are not among the rows"):
-        run(_eval_config(benchmark=str(bench)), tmp_path, generator, processor, None)
+        run(_eval_config(benchmark=str(bench)), tmp_path, None, None, None)
