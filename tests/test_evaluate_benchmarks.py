@@ -135,7 +135,8 @@ def test_hallusionbench_string_indices_and_groups(tmp_path):
 
 
 def test_mathvista_choices_answer_type_and_option(tmp_path):
-    common = dict(image=png_base64(RED), precision="", task="figure question answering", skills="['algebraic reasoning']")
+    common = dict(image=png_base64(RED), precision="", task="figure question answering",
+                  skills="['algebraic reasoning']")
     path = write_tsv(tmp_path / "MathVista_MINI.tsv", [
         dict(common, index=1, question="Hint: pick\nQuestion: which?\nChoices:\n(A) 2\n(B) 4", answer="4",
              question_type="multi_choice", answer_type="text", answer_option="B", choices="['2', '4']"),

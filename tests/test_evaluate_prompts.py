@@ -33,7 +33,8 @@ def test_mmstar_numeric_options_print_as_pandas_reads_them(tmp_path):
     assert ev.question_prompt(bench[0], "mmstar") == (
         "Question: How many?\nOptions:\nA. 2\nB. 3\nPlease select the correct answer from the options above. \n")
     assert ev.question_prompt(bench[1], "mmstar") == (
-        "Question: How many?\nOptions:\nA. 4\nB. 5\nC. 6.0\nPlease select the correct answer from the options above. \n")
+        "Question: How many?\nOptions:\nA. 4\nB. 5\nC. 6.0\n"
+        "Please select the correct answer from the options above. \n")
 
 
 def test_ai2d_llava_cot_override_and_vlmevalkit_default(tmp_path):

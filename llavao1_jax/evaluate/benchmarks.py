@@ -109,7 +109,7 @@ def kind_from_name(name: str) -> str:
 
 
 def _missing(value) -> bool:
-    return not isinstance(value, (list, dict)) and pd.isna(value)
+    return bool(pd.isna(value))
 
 
 def _text(value) -> str | None:
