@@ -56,6 +56,8 @@ def test_unknown_rules_is_an_error():
     ("Yes and no", "Unknown"), ("**Yes**", "Unknown"), ("Answer:Yes", "Unknown"), ("Answer: yes", "Yes"),
     ("yes-no", "Unknown"),         # '-' never next to a space: replaced by a space, "yes no"
     ("ye-s - ok", "Yes"),          # '-' next to a space somewhere: every '-' deleted, "yes  ok"
+    ("ye-s x;-", "Unknown"),       # the test reads the original text: ';' becomes a space, but '-' had none beside
+                                   # it there, so both '-' become spaces too: "ye s x  "
     ("yes,no", "Unknown"),         # the comma becomes a space: "yes no"
     ("yes,1,000 no", "No"),        # a digit-comma-digit: every comma deleted, "yes1000 no"
     ("maybe", "Unknown"),
