@@ -23,6 +23,9 @@ CORE = [
     "importlib_resources",
     "array-record",
     "grain",
+    # Evaluation: VLMEvalKit's benchmark TSVs read with pandas' own NA and type rules; its xlsx prediction files.
+    "pandas",
+    "openpyxl",
 ]
 
 EXTRAS = {
