@@ -5,8 +5,7 @@ token at least as likely as the k-th most likely (ties at the boundary are all k
 probability mass of the tokens ranked above it is below `top_p`. Among tied tokens the higher id ranks above, which
 is the order `torch.sort(stable=True)` gives transformers' ascending sort: the same number of tied tokens and the
 same mass are kept as transformers keeps with any sort, and the same tokens as with a stable one (its default CPU
-sort is not stable, so which tied ids survive there depends on the sorting network). Ranks compare the scaled
-logits minus their row maximum, whose exp are the probabilities (two logits that this rounds to one value tie).
+sort is not stable, so which tied ids survive there depends on the sorting network).
 
 Sampling never sorts the vocabulary and draws one uniform number per row and attempt. A token is drawn by inverse
 CDF over blocks of the vocabulary (block masses, then a cumulative sum inside the drawn block). top-p is rejection
@@ -76,13 +75,15 @@ def next_tokens(logits: jax.Array, keys: jax.Array, config: SamplingConfig, bann
         log_total = _log_normaliser(logits, block_max.max(axis=-1))
         tokens, chosen = _first_max(blocks, block_max, banned_ids if banning else None, ban)
         return tokens, chosen - log_total
-    log_total = _log_normaliser(logits, jnp.max(logits, axis=-1))
+    top = jnp.max(logits, axis=-1)
+    log_total = _log_normaliser(logits, top)
     processed = logits
     if banning:
         # an elementwise mask (not a scatter into a copy of the logits) fuses into the reductions that read it
         banned = jnp.zeros(logits.shape[-1], bool).at[banned_ids].set(True, mode="drop")
         processed = jnp.where(ban[:, None] & banned, -jnp.inf, logits)
-    tokens = _sample(processed, keys, config)
+        top = jnp.max(processed, axis=-1)
+    tokens = _sample(processed, top, keys, config)
     chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
     return tokens, chosen - log_total
 
@@ -133,28 +134,33 @@ def _is_banned(positions: jax.Array, ids: jax.Array, ban: jax.Array) -> jax.Arra
     return ban.reshape(-1, *([1] * (hit.ndim - 1))) & hit
 
 
-def _sample(logits: jax.Array, keys: jax.Array, config: SamplingConfig) -> jax.Array:
-    """One token per row [B] from the filtered distribution of `logits` [B, V] (-inf: excluded)."""
-    scaled = logits / config.temperature
+def _sample(logits: jax.Array, top: jax.Array, keys: jax.Array, config: SamplingConfig) -> jax.Array:
+    """One token per row [B] from the filtered distribution of `logits` [B, V] (-inf: excluded) with row maxima
+    `top` [B].
+
+    Ranks compare the logits themselves: XLA may round a computed value differently in two fusions, which would
+    break ties. Dividing by the temperature keeps their order (transformers ranks the quotients, which tie where
+    the division rounds two logits to one value)."""
     if config.top_k:
-        kth = jax.lax.top_k(scaled, min(config.top_k, scaled.shape[-1]))[0][:, -1:]
-        scaled = jnp.where(scaled >= kth, scaled, -jnp.inf)
+        kth = jax.lax.top_k(logits, min(config.top_k, logits.shape[-1]))[0][:, -1:]
+        logits = jnp.where(logits >= kth, logits, -jnp.inf)
     b = logits.shape[0]
-    # log-probabilities up to each row's normaliser; stored once, every pass below reads them and nothing else
-    shifted = _blocks(scaled - scaled.max(axis=-1, keepdims=True))
+    blocks = _blocks(logits)
+    shifted = _blocks((logits - top[:, None]) / config.temperature)      # log-probabilities + log normaliser
     mass = jnp.exp(shifted).sum(axis=-1)                                   # [B, n_blocks]
     nowhere = (jnp.full(b, -jnp.inf), jnp.full(b, -1, jnp.int32))         # ranks below every token
     if config.top_p == 1:
-        return _draw(shifted, mass, *nowhere, _uniform(keys, jnp.zeros(b, jnp.int32)))
+        return _draw(blocks, shifted, mass, *nowhere, _uniform(keys, jnp.zeros(b, jnp.int32)))
     limit = config.top_p * _total(mass)
 
     def attempt(carry, rows=None):
         """One draw and nucleus test for rows `rows` [K] (ids >= B: none; None: all); the others keep their state."""
         tokens, done, floor_value, floor_token, mass, tries = carry
         at = slice(None) if rows is None else jnp.minimum(rows, b - 1)
-        drawn = _draw(shifted[at], mass[at], floor_value[at], floor_token[at], _uniform(keys[at], tries[at]))
-        value = jnp.take_along_axis(shifted[at].reshape(drawn.shape[0], -1), drawn[:, None], axis=-1)[:, 0]
-        above = _mass_above(shifted[at], value, drawn)
+        drawn = _draw(blocks[at], shifted[at], mass[at], floor_value[at], floor_token[at],
+                      _uniform(keys[at], tries[at]))
+        value = jnp.take_along_axis(logits[at], drawn[:, None], axis=-1)[:, 0]
+        above = _mass_above(blocks[at], shifted[at], value, drawn)
         accept = _total(above) < limit[at]
         put = (lambda x, new: new) if rows is None else (lambda x, new: x.at[rows].set(new, mode="drop"))
         return (put(tokens, drawn), put(done, accept), put(floor_value, value), put(floor_token, drawn),
@@ -177,30 +183,30 @@ def _ranks_above(values: jax.Array, ids: jax.Array, value: jax.Array, token: jax
     return (values > value) | ((values == value) & (ids > token))
 
 
-def _mass_above(shifted: jax.Array, value: jax.Array, token: jax.Array) -> jax.Array:
-    """[B, n_blocks] unnormalised probability mass per block of the tokens ranked above `token` (with `value`) in
-    each row, from log-weights `shifted` [B, n, c]; one pass over them."""
-    b, n, c = shifted.shape
+def _mass_above(blocks: jax.Array, shifted: jax.Array, value: jax.Array, token: jax.Array) -> jax.Array:
+    """[B, n_blocks] unnormalised probability mass exp(shifted) per block of the tokens whose logits `blocks`
+    [B, n, c] rank above `token` (with logit `value`) in each row; one pass over the vocabulary."""
+    b, n, c = blocks.shape
     ids = jnp.arange(n * c, dtype=jnp.int32).reshape(n, c)
-    above = _ranks_above(shifted, ids, value[:, None, None], token[:, None, None])
+    above = _ranks_above(blocks, ids, value[:, None, None], token[:, None, None])
     # exp of masked log-weights, not masked weights: XLA then keeps the exp inside the reduction
     return jnp.exp(jnp.where(above, shifted, -jnp.inf)).sum(axis=-1)
 
 
-def _draw(shifted: jax.Array, mass: jax.Array, floor_value: jax.Array, floor_token: jax.Array,
+def _draw(blocks: jax.Array, shifted: jax.Array, mass: jax.Array, floor_value: jax.Array, floor_token: jax.Array,
           u: jax.Array) -> jax.Array:
-    """Inverse-CDF draw [B] of a token ranked above (floor_value, floor_token), with probability proportional to
-    exp(shifted) [B, n, c], given those tokens' block masses `mass` [B, n] and uniform numbers u [B]."""
-    b, n, c = shifted.shape
+    """Inverse-CDF draw [B] of a token ranked above (floor_value, floor_token) by its logit `blocks` [B, n, c], with
+    probability proportional to exp(shifted) [B, n, c], given those tokens' block masses `mass` [B, n] and uniform
+    numbers u [B]."""
+    b, n, c = blocks.shape
     rows = jnp.arange(b)
     cumulative = jnp.cumsum(mass, axis=-1)
     target = u * cumulative[:, -1]
     block = jnp.minimum(jnp.sum(cumulative <= target[:, None], axis=-1), _last_positive(mass))
     before = jnp.where(block > 0, cumulative[rows, jnp.maximum(block - 1, 0)], 0.0)
     ids = block[:, None] * c + jnp.arange(c, dtype=jnp.int32)
-    chosen = shifted[rows, block]
-    inside = jnp.exp(jnp.where(_ranks_above(chosen, ids, floor_value[:, None], floor_token[:, None]), chosen,
-                               -jnp.inf))
+    above = _ranks_above(blocks[rows, block], ids, floor_value[:, None], floor_token[:, None])
+    inside = jnp.exp(jnp.where(above, shifted[rows, block], -jnp.inf))
     # rounding can leave the target past the block's own sum: the last possible token then takes the remainder
     offset = jnp.minimum(jnp.sum(jnp.cumsum(inside, axis=-1) <= (target - before)[:, None], axis=-1),
                          _last_positive(inside))
