@@ -88,8 +88,8 @@ CONFIGS = {
 def test_frequencies_match_transformers_warpers(kind, name):
     """40k draws against transformers' filtered softmax on the same logits (seeded, cut at the 99.9% quantile).
 
-    Mutants caught: the temperature 10% off (see the next test), top-k or top-p ties broken differently (tied rows),
-    a retry that redraws from the whole distribution or with the previous draw's uniform number."""
+    Mutants caught: the temperature 10% off (see the next test), retries reusing the first draw's uniform number
+    (t1-topp0.3)."""
     logits = logit_rows()[kind]
     cfg = CONFIGS[name]
     assert_distribution(draw_counts(logits, cfg), transformers_probs(logits, cfg))
@@ -105,7 +105,7 @@ def test_the_chi_square_test_catches_a_ten_percent_temperature_error(kind):
 
 
 def test_top_k_keeps_every_token_tied_with_the_kth():
-    """top_k=2 over [3, 2, 2, 2, 0, ...] keeps {0, 1, 2, 3}, as transformers does."""
+    """top_k=2 over [3, 2, 2, 2, 0, ...] keeps {0, 1, 2, 3}, as transformers does (mutant caught: `>` for `>=`)."""
     logits = np.zeros((1, V), np.float32)
     logits[0, :4] = [3, 2, 2, 2]
     cfg = SamplingConfig(True, top_k=2)
@@ -118,8 +118,8 @@ def test_top_k_keeps_every_token_tied_with_the_kth():
 def test_kept_sets_on_bf16_ties_match_transformers(name):
     """Rows of bf16 logits on a coarse grid (every kept token likely enough to be drawn): the sampled support is
     transformers' kept set with a stable sort (ties: higher ids kept first), and has as many tokens and as much
-    mass as the set its default, unstable CPU sort keeps. Mutants caught: ties broken towards lower ids, all tied
-    tokens at the boundary kept, top-k keeping exactly k."""
+    mass as the set its default, unstable CPU sort keeps. Mutants caught: top-p ties broken towards lower ids, and
+    every tied token at the top-p boundary kept."""
     cfg = CONFIGS[name]
     logits = bf16(np.random.default_rng(1).integers(0, 4, size=(16, V)) * 0.25)
     support = draw_counts(logits, cfg, draws=DRAWS // 16) > 0
