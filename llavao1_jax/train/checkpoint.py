@@ -1,0 +1,72 @@
+"""Orbax checkpoints of a run: the train state (model, optimiser, step, RNG) and every process's data-iterator
+position, saved asynchronously, the last N kept; restoring checks every array against the current config first."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import jax
+import orbax.checkpoint as ocp
+
+from llavao1_jax.train.state import TrainState
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's arrays do not match the train state of the current config."""
+
+
+def _describe(path) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def check_compatible(saved_metadata, abstract_state: dict, directory: Path) -> None:
+    """Raises CheckpointMismatchError naming the first array whose presence, shape or dtype differs between a
+    checkpoint's metadata and the abstract train state."""
+    saved = {_describe(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved_metadata)[0]}
+    wanted = {_describe(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    for name in sorted(wanted.keys() | saved.keys()):
+        if name not in saved:
+            raise CheckpointMismatchError(f"checkpoint {directory} has no array {name!r}, which this config's "
+                                          "train state holds (was it written with another config?)")
+        if name not in wanted:
+            raise CheckpointMismatchError(f"checkpoint {directory} holds array {name!r}, which this config's train "
+                                          "state lacks (was it written with another config?)")
+        got, want = saved[name], wanted[name]
+        if tuple(got.shape) != tuple(want.shape) or jax.numpy.dtype(got.dtype) != jax.numpy.dtype(want.dtype):
+            raise CheckpointMismatchError(
+                f"checkpoint {directory}: array {name!r} is {got.dtype}{list(got.shape)} there but "
+                f"{want.dtype}{list(want.shape)} in this config's train state")
+
+
+class Checkpointer:
+    """An orbax `CheckpointManager` over `directory` for (TrainState, per-process data states)."""
+
+    def __init__(self, directory: str | Path, *, keep: int, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> Optional[int]:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: TrainState, data_states: dict[str, dict]) -> None:
+        """Starts saving (asynchronously unless disabled); `data_states` from `data.gather_process_states`."""
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state._asdict()),
+                                                       data=ocp.args.JsonSave(data_states)))
+
+    def restore(self, step: int, abstract_state: TrainState, shardings: TrainState) -> tuple[TrainState, dict]:
+        """The train state at `step`, each array read into its sharding, and this process's data state."""
+        target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                              abstract_state._asdict(), shardings._asdict())
+        metadata = self.manager.item_metadata(step)["state"]
+        check_compatible(metadata, target, self.directory / str(step))
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                                      data=ocp.args.JsonRestore()))
+        return TrainState(**restored["state"]), restored["data"][f"process_{jax.process_index()}"]
+
+    def wait(self) -> None:
+        """Blocks until pending saves are on disk."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
