@@ -94,3 +94,27 @@ def gather_process_states(state: dict) -> dict[str, dict]:
     padded[:len(raw)] = raw
     rows = multihost_utils.process_allgather(padded)
     return {f"process_{i}": json.loads(bytes(row).rstrip(b"\0")) for i, row in enumerate(rows)}
+
+
+def random_batch(cfg: MllamaConfig, batch_size: int, seq_len: int, *, supervised_fraction: float = 0.5,
+                 seed: int = 0) -> dict[str, np.ndarray]:
+    """A batch in the pipeline's layout with random tokens and pixels, one image of `cfg.vision.max_num_tiles` tiles
+    per row and the last `supervised_fraction` of every row trained (benchmarks, tests, the capacity planner)."""
+    rng = np.random.default_rng(seed)
+    v = cfg.vision
+    tiles = v.max_num_tiles
+    grid = next(i for i, (h, w) in enumerate(v.supported_aspect_ratios) if h * w == tiles) + 1
+    input_ids = rng.integers(0, cfg.text.vocab_size, (batch_size, seq_len), dtype=np.int32)
+    input_ids[:, 0] = cfg.image_token_index
+    labels = input_ids.copy()
+    labels[:, :seq_len - int(seq_len * supervised_fraction)] = pipeline.IGNORE_INDEX
+    return {
+        "input_ids": input_ids,
+        "attention_mask": np.ones((batch_size, seq_len), np.int32),
+        "labels": labels,
+        "pixel_values": rng.standard_normal((batch_size, 1, tiles, v.num_channels, v.image_size, v.image_size),
+                                            dtype=np.float32),
+        "aspect_ratio_ids": np.full((batch_size, 1), grid, np.int32),
+        "aspect_ratio_mask": np.ones((batch_size, 1, tiles), np.int32),
+        "cross_attention_mask": np.ones((batch_size, seq_len, 1, tiles), np.int32),
+    }

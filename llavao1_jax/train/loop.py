@@ -22,7 +22,10 @@ from llavao1_jax.config_utils import write_config
 from llavao1_jax.data import pipeline, records
 from llavao1_jax.inference import generate
 from llavao1_jax.model.hf_checkpoint import save_pretrained
-from llavao1_jax.train import checkpoint, data, mesh as train_mesh, metrics, optimizer, state as train_state, step
+from llavao1_jax.train import checkpoint, data, metrics
+from llavao1_jax.train import mesh as train_mesh
+from llavao1_jax.train import state as train_state
+from llavao1_jax.train.program import build_program
 
 
 class NonFiniteLossError(RuntimeError):
@@ -120,13 +123,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     total_steps = config.total_steps or config.num_epochs * steps_per_epoch
     if total_steps <= 0:
         raise ValueError("set config.total_steps or config.num_epochs to a positive number")
-    schedule = optimizer.learning_rate_schedule(config.optim, steps_per_epoch=steps_per_epoch,
-                                                total_steps=total_steps)
-    graphdef, abstract_params = train_state.abstract_model(cfg)
-    params_tree = nnx.to_pure_dict(abstract_params)
-    tx = optimizer.make_optimizer(config.optim, params_tree, schedule)
-    shardings = train_state.train_state_shardings(abstract_params, tx, mesh, rules)
-    batch_shardings = data.batch_shardings(mesh, rules, config.batch_size)
+    program = build_program(config, cfg, mesh, rules, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    graphdef, batch_shardings = program.graphdef, program.batch_shardings
 
     iterator = data.sft_iterator(config, processor, data_dir, "train", train=True)
     ckpt = checkpoint.Checkpointer(workdir / "checkpoints", keep=config.keep_checkpoints,
@@ -134,19 +132,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     start = ckpt.latest_step()
     if start is None:
         start = 0
-        state = train_state.init_train_state(config, cfg, tx, shardings, mesh, rules)
+        state = train_state.init_train_state(config, cfg, program.tx, program.shardings, mesh, rules)
     else:
-        abstract = train_state.abstract_train_state(abstract_params, tx, config.seed)
-        state, data_state = ckpt.restore(start, abstract, shardings)
+        state, data_state = ckpt.restore(start, program.abstract_state(config.seed), program.shardings)
         iterator.set_state(data_state)
         if jax.process_index() == 0:
             print(f"resumed from {ckpt.directory / str(start)}", flush=True)
 
-    train_step = step.make_train_step(graphdef, tx, schedule, frozen=optimizer.frozen_mask(config.optim, params_tree),
-                                      grad_accum=config.grad_accum, chunk_size=config.loss.chunk_size,
-                                      param_shardings=shardings.params)
-    run_step = CompiledStep(step.jit_train_step(train_step, shardings, batch_shardings, mesh))
-    eval_step = step.jit_eval_step(graphdef, config.loss.chunk_size, shardings.params, batch_shardings, mesh)
+    run_step = CompiledStep(program.train_step)
     writer = metrics.MetricWriter(workdir)
     bar = metrics.progress_bar(start, total_steps)
     scalars: dict = {}
@@ -177,7 +170,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
                     writer.write(n, scalars)
                 if config.eval_every and n % config.eval_every == 0:
-                    eval_loss = evaluate(eval_step, state.params, config, processor, data_dir, batch_shardings)
+                    eval_loss = evaluate(program.eval_step, state.params, config, processor, data_dir, batch_shardings)
                     writer.write(n, {"eval_loss": eval_loss})
                 if config.sample_every and n % config.sample_every == 0:
                     writer.write_text(n, "sample", sample_answer(graphdef, state.params, config, processor,

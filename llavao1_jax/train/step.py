@@ -68,7 +68,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
                                          _micro_batches(batch, grad_accum))
         grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
         loss = total / weight
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                          opt_state=opt_state, rng=state.rng)
