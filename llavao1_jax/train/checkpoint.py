@@ -20,22 +20,25 @@ def _describe(path) -> str:
 
 
 def check_compatible(saved_metadata, abstract_state: dict, directory: Path) -> None:
-    """Raises CheckpointMismatchError naming the first array whose presence, shape or dtype differs between a
-    checkpoint's metadata and the abstract train state."""
+    """Raises CheckpointMismatchError naming the arrays whose presence, shape or dtype differ between a checkpoint's
+    metadata and the abstract train state (up to five of them)."""
     saved = {_describe(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(saved_metadata)[0]}
     wanted = {_describe(p): leaf for p, leaf in jax.tree_util.tree_flatten_with_path(abstract_state)[0]}
+    problems = []
     for name in sorted(wanted.keys() | saved.keys()):
         if name not in saved:
-            raise CheckpointMismatchError(f"checkpoint {directory} has no array {name!r}, which this config's "
-                                          "train state holds (was it written with another config?)")
-        if name not in wanted:
-            raise CheckpointMismatchError(f"checkpoint {directory} holds array {name!r}, which this config's train "
-                                          "state lacks (was it written with another config?)")
-        got, want = saved[name], wanted[name]
-        if tuple(got.shape) != tuple(want.shape) or jax.numpy.dtype(got.dtype) != jax.numpy.dtype(want.dtype):
-            raise CheckpointMismatchError(
-                f"checkpoint {directory}: array {name!r} is {got.dtype}{list(got.shape)} there but "
-                f"{want.dtype}{list(want.shape)} in this config's train state")
+            problems.append(f"array {name!r} is missing there")
+        elif name not in wanted:
+            problems.append(f"array {name!r} is there but not in this config's train state")
+        elif (tuple(saved[name].shape) != tuple(wanted[name].shape)
+              or jax.numpy.dtype(saved[name].dtype) != jax.numpy.dtype(wanted[name].dtype)):
+            got, want = saved[name], wanted[name]
+            problems.append(f"array {name!r} is {got.dtype}{list(got.shape)} there but {want.dtype}"
+                            f"{list(want.shape)} in this config's train state")
+    if problems:
+        raise CheckpointMismatchError(f"checkpoint {directory} was written with another config: "
+                                      + "; ".join(problems[:5])
+                                      + (f"; and {len(problems) - 5} more" if len(problems) > 5 else ""))
 
 
 class Checkpointer:
