@@ -22,6 +22,8 @@ CORE = [
     "array-record",
     "grain",
     "matplotlib",
+    # Trainer: TensorBoard event files without TensorFlow.
+    "tensorboardX",
 ]
 
 EXTRAS = {
@@ -39,4 +41,5 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,
+    entry_points={"console_scripts": ["llavao1-train=llavao1_jax.train.__main__:run"]},
 )

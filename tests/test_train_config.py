@@ -93,7 +93,8 @@ def test_checkpoint_from_another_config_names_the_array(tmp_path):
                                      opt_state={"mu": jnp.zeros(shape)}, rng=jnp.zeros(2, jnp.uint32))
     ckpt = checkpoint.Checkpointer(tmp_path, keep=1, async_save=False)
     ckpt.save(5, state((4, 3)), {"process_0": {"position": 1}})
-    ckpt.wait()
+    ckpt.close()
+    ckpt = checkpoint.Checkpointer(tmp_path, keep=1)  # a restarted run's
     wanted = state((4, 2))
     shardings = jax.tree.map(lambda a: jax.sharding.SingleDeviceSharding(jax.devices()[0]), wanted)
     with pytest.raises(checkpoint.CheckpointMismatchError, match=r"array 'params/embed' is float32\[4, 3\] there "

@@ -13,6 +13,8 @@ from pathlib import Path
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from llavao1_jax.train.mesh import initialize_distributed
+
 _DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sft_tiny.py"
 _CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "ml_collections config file",
                                           lock_config=True)
@@ -25,16 +27,6 @@ XLA_GPU_OVERLAP_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true "
                          "--xla_gpu_all_reduce_combine_threshold_bytes=134217728 "
                          "--xla_gpu_all_gather_combine_threshold_bytes=134217728 "
                          "--xla_gpu_reduce_scatter_combine_threshold_bytes=134217728")
-
-
-def initialize_distributed() -> None:
-    """`jax.distributed.initialize()` when this process is one of several (explicit JAX_* variables or SLURM)."""
-    import jax
-    if "JAX_COORDINATOR_ADDRESS" in os.environ:
-        jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
 
 
 def main(argv):
@@ -53,5 +45,10 @@ def main(argv):
         sys.exit(1)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `llavao1-train` console script."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -2,6 +2,8 @@
 that must hold before anything compiles."""
 from __future__ import annotations
 
+import os
+
 import jax
 import ml_collections
 import numpy as np
@@ -54,3 +56,13 @@ def check_batch_layout(config: ml_collections.ConfigDict, mesh: Mesh, rules) -> 
     if batch % jax.process_count():
         raise ValueError(f"config.batch_size={batch} must be a multiple of the number of processes "
                          f"({jax.process_count()}): each process feeds an equal share")
+
+
+def initialize_distributed() -> None:
+    """`jax.distributed.initialize()` when this process is one of several: JAX_COORDINATOR_ADDRESS with
+    JAX_NUM_PROCESSES and JAX_PROCESS_ID set, or a SLURM allocation of several tasks (detected by JAX)."""
+    if "JAX_COORDINATOR_ADDRESS" in os.environ:
+        jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                                   process_id=int(os.environ["JAX_PROCESS_ID"]))
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        jax.distributed.initialize()
