@@ -10,10 +10,13 @@ import numpy as np
 import optax
 import pytest
 
+from flax import nnx
+
 from configs.sft_tiny import get_config
+from llavao1_jax.sharding import DEFAULT_RULES, make_mesh
 from llavao1_jax.train import checkpoint, optimizer
 from llavao1_jax.train.loop import train
-from llavao1_jax.train.state import TrainState
+from llavao1_jax.train.state import TrainState, abstract_model, model_config, train_state_shardings
 
 
 def test_unknown_config_field_is_rejected(tmp_path):
@@ -104,3 +107,22 @@ def test_checkpoint_from_another_config_names_the_array(tmp_path):
                                         jax.tree.map(lambda a: shardings.step, state((4, 3))))
     assert data_state == {"position": 1} and restored.params["embed"].shape == (4, 3)
     ckpt.close()
+
+
+def test_optimiser_state_is_sharded_like_its_parameters_with_frozen_groups():
+    config = get_config()
+    config.optim.freeze = r"^vision_model/"
+    graphdef, abstract = abstract_model(model_config(config))
+    tx = optimizer.make_optimizer(config.optim, nnx.to_pure_dict(abstract), optax.constant_schedule(1e-3))
+    mesh = make_mesh(data=2, fsdp=2, tensor=2)
+    shardings = train_state_shardings(abstract, tx, mesh, DEFAULT_RULES)
+    params = {jax.tree_util.keystr(p): s for p, s in jax.tree_util.tree_flatten_with_path(shardings.params)[0]}
+    moments = [(jax.tree_util.keystr(p), s) for p, s in jax.tree_util.tree_flatten_with_path(shardings.opt_state)[0]
+               if ".mu" in jax.tree_util.keystr(p) or ".nu" in jax.tree_util.keystr(p)]
+    assert moments and not any("vision_model" in p for p, _ in moments)  # frozen: no optimiser state
+    assert len(moments) == 2 * sum("vision_model" not in p for p in params)
+    for path, sharding in moments:
+        param = next(p for p in params if path.endswith(p))
+        assert sharding == params[param], path
+    embed = "['language_model']['embed_tokens']"
+    assert params[embed].spec == jax.sharding.PartitionSpec("tensor", "fsdp")  # ("vocab", "embed")

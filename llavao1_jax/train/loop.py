@@ -145,38 +145,40 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     scalars: dict = {}
     window = dict(steps=0, seconds=0.0, tokens=0.0, flops=0.0)
     try:
-        with jax.set_mesh(mesh):
-            batch = data.device_batch(next(iterator), batch_shardings, config.loss.chunk_size) \
-                if start < total_steps else None
-            for n in range(start + 1, total_steps + 1):
-                began = time.perf_counter()
+        batch = data.device_batch(next(iterator), batch_shardings, config.loss.chunk_size) \
+            if start < total_steps else None
+        for n in range(start + 1, total_steps + 1):
+            began = time.perf_counter()
+            with jax.set_mesh(mesh):  # only around steps: a model built under a mesh reads axis names as mesh axes
                 (state, m), flops = run_step(state, batch)
-                data_state = iterator.get_state()  # the position right after this step's batch
-                if n < total_steps:  # read the next batch while the device works
-                    batch = data.device_batch(next(iterator), batch_shardings, config.loss.chunk_size)
-                m = jax.device_get(m)
-                if not m["finite"]:
-                    ckpt.wait()
-                    raise NonFiniteLossError(
-                        f"step {n}: loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])}; stopped "
-                        f"without applying it. The last good checkpoint is step {ckpt.latest_step()} in "
-                        f"{ckpt.directory}")
-                window = dict(steps=window["steps"] + 1, seconds=window["seconds"] + time.perf_counter() - began,
-                              tokens=window["tokens"] + float(m["tokens"]), flops=window["flops"] + flops)
-                bar.update(1)
-                if n % config.log_every == 0 or n == total_steps:
-                    scalars = _log_scalars(m, peak=config.peak_flops_per_device, **window)
-                    window = dict(steps=0, seconds=0.0, tokens=0.0, flops=0.0)
-                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
-                    writer.write(n, scalars)
-                if config.eval_every and n % config.eval_every == 0:
-                    eval_loss = evaluate(program.eval_step, state.params, config, processor, data_dir, batch_shardings)
-                    writer.write(n, {"eval_loss": eval_loss})
-                if config.sample_every and n % config.sample_every == 0:
-                    writer.write_text(n, "sample", sample_answer(graphdef, state.params, config, processor,
-                                                                 data_dir))
-                if n % config.checkpoint_every == 0 or n == total_steps:
-                    ckpt.save(n, state, data.gather_process_states(data_state))
+            data_state = iterator.get_state()  # the position right after this step's batch
+            if n < total_steps:  # read the next batch while the device works
+                batch = data.device_batch(next(iterator), batch_shardings, config.loss.chunk_size)
+            m = jax.device_get(m)
+            if not m["finite"]:
+                ckpt.wait()
+                raise NonFiniteLossError(
+                    f"step {n}: loss {float(m['loss'])}, gradient norm {float(m['grad_norm'])}; stopped "
+                    f"without applying it. The last good checkpoint is step {ckpt.latest_step()} in "
+                    f"{ckpt.directory}")
+            window = dict(steps=window["steps"] + 1, seconds=window["seconds"] + time.perf_counter() - began,
+                          tokens=window["tokens"] + float(m["tokens"]), flops=window["flops"] + flops)
+            bar.update(1)
+            if n % config.log_every == 0 or n == total_steps:
+                scalars = _log_scalars(m, peak=config.peak_flops_per_device, **window)
+                window = dict(steps=0, seconds=0.0, tokens=0.0, flops=0.0)
+                bar.set_postfix(loss=f"{scalars['loss']:.4f}", tok_s=f"{scalars['tokens_per_second']:.0f}")
+                writer.write(n, scalars)
+            if config.eval_every and n % config.eval_every == 0:
+                with jax.set_mesh(mesh):
+                    eval_loss = evaluate(program.eval_step, state.params, config, processor, data_dir,
+                                         batch_shardings)
+                writer.write(n, {"eval_loss": eval_loss})
+            if config.sample_every and n % config.sample_every == 0:
+                writer.write_text(n, "sample", sample_answer(graphdef, state.params, config, processor,
+                                                             data_dir))
+            if n % config.checkpoint_every == 0 or n == total_steps:
+                ckpt.save(n, state, data.gather_process_states(data_state))
         ckpt.wait()
         if config.export_hf:
             export_hf(graphdef, state.params, processor, workdir / "hf")

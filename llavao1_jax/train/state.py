@@ -49,10 +49,21 @@ def train_state_shardings(abstract_params_state: nnx.State, tx: optax.GradientTr
     parameters, scalars (step, counts, RNG) replicated."""
     params = nnx.to_pure_dict(state_shardings(abstract_params_state, mesh, rules))
     replicated = NamedSharding(mesh, PartitionSpec())
+    by_path = {_dict_keys(path): s for path, s in jax.tree_util.tree_flatten_with_path(params)[0]}
     abstract_opt = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params_state))
-    opt = optax.tree_map_params(tx, lambda _, sharding: sharding, abstract_opt, params,
-                                transform_non_params=lambda _: replicated)
+    # An optimiser leaf whose path ends in a parameter's path (e.g. mu/<param path>) is laid out like it.
+    opt = jax.tree_util.tree_map_with_path(lambda path, _: by_path.get(_dict_keys(path), replicated), abstract_opt)
     return TrainState(step=replicated, params=params, opt_state=opt, rng=replicated)
+
+
+def _dict_keys(path) -> tuple:
+    """The trailing run of dictionary keys of a tree path (a parameter's path inside an optimiser state)."""
+    keys = []
+    for k in reversed(path):
+        if not isinstance(k, jax.tree_util.DictKey):
+            break
+        keys.append(k.key)
+    return tuple(reversed(keys))
 
 
 def _fresh_state(params, tx: optax.GradientTransformation, seed: int) -> TrainState:
