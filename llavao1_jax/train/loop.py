@@ -22,7 +22,7 @@ from llavao1_jax.config_utils import write_config
 from llavao1_jax.data import pipeline, records
 from llavao1_jax.inference import generate
 from llavao1_jax.model.hf_checkpoint import save_pretrained
-from llavao1_jax.train import checkpoint, data, metrics
+from llavao1_jax.train import checkpoint, data, metrics, optimizer
 from llavao1_jax.train import mesh as train_mesh
 from llavao1_jax.train import state as train_state
 from llavao1_jax.train.program import build_program
@@ -113,6 +113,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     mesh = train_mesh.mesh_from_config(config)
     rules = train_mesh.rules_from_config(config)
     train_mesh.check_batch_layout(config, mesh, rules)
+    optimizer.check_optim(config.optim)
+    if config.total_steps <= 0 and config.num_epochs <= 0:
+        raise ValueError("set config.total_steps or config.num_epochs to a positive number")
     cfg = train_state.model_config(config)
     if jax.process_index() == 0:
         write_config(config, workdir)
@@ -120,9 +123,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     data_dir = data.dataset_dir(config, workdir)
     local_batch = config.batch_size // jax.process_count()
     steps_per_epoch = max(1, len(pipeline.host_source(config.data.name, "train", data_dir)) // local_batch)
-    total_steps = config.total_steps or config.num_epochs * steps_per_epoch
-    if total_steps <= 0:
-        raise ValueError("set config.total_steps or config.num_epochs to a positive number")
+    total_steps = config.total_steps if config.total_steps > 0 else config.num_epochs * steps_per_epoch
     program = build_program(config, cfg, mesh, rules, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     graphdef, batch_shardings = program.graphdef, program.batch_shardings
 

@@ -11,6 +11,20 @@ import optax
 SCHEDULES = ("constant", "epoch_decay", "warmup_cosine")
 
 
+def check_optim(optim: ml_collections.ConfigDict) -> None:
+    """Raises ValueError naming the `config.optim` key that names an unknown optimiser or schedule, or an invalid
+    regular expression."""
+    if optim.name != "adamw":
+        raise ValueError(f"config.optim.name={optim.name!r}; only 'adamw' is implemented")
+    if optim.schedule not in SCHEDULES:
+        raise ValueError(f"config.optim.schedule={optim.schedule!r}; choose from {SCHEDULES}")
+    for key in ("freeze", "weight_decay_exclude"):
+        try:
+            re.compile(optim[key])
+        except re.error as e:
+            raise ValueError(f"config.optim.{key}={optim[key]!r} is not a regular expression: {e}") from None
+
+
 def param_paths(params) -> dict:
     """The tree of `params` (nested dicts) with every leaf replaced by its path, e.g. 'language_model/norm/weight'."""
     return jax.tree_util.tree_map_with_path(
@@ -22,17 +36,16 @@ def learning_rate_schedule(optim: ml_collections.ConfigDict, *, steps_per_epoch:
     """`optim.schedule`: "constant"; "epoch_decay" (the LLaVA-CoT recipe: times `optim.epoch_decay` after every
     epoch of `steps_per_epoch` steps); "warmup_cosine" (linear warmup over `optim.warmup_steps`, then cosine decay
     to `optim.end_learning_rate` at `total_steps`). "constant" and "epoch_decay" also take the linear warmup."""
+    check_optim(optim)
     lr, warmup = optim.learning_rate, optim.warmup_steps
     if optim.schedule == "warmup_cosine":
         return optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1),
                                                   end_value=optim.end_learning_rate)
     if optim.schedule == "constant":
         main = optax.constant_schedule(lr)
-    elif optim.schedule == "epoch_decay":
+    else:  # epoch_decay
         main = optax.exponential_decay(lr, transition_steps=steps_per_epoch, decay_rate=optim.epoch_decay,
                                        staircase=True)
-    else:
-        raise ValueError(f"config.optim.schedule={optim.schedule!r}; choose from {SCHEDULES}")
     if not warmup:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), main], [warmup])
@@ -48,8 +61,7 @@ def make_optimizer(optim: ml_collections.ConfigDict, params, schedule: optax.Sch
                    ) -> optax.GradientTransformation:
     """Gradient clipping (`optim.clip_norm` > 0) and AdamW on the trainable parameters; weight decay skips paths
     matching `optim.weight_decay_exclude`. `params` (arrays or abstract) only gives the tree and its paths."""
-    if optim.name != "adamw":
-        raise ValueError(f"config.optim.name={optim.name!r}; only 'adamw' is implemented")
+    check_optim(optim)
     exclude = re.compile(optim.weight_decay_exclude) if optim.weight_decay_exclude else None
     decay_mask = jax.tree.map(lambda p: not (exclude and exclude.search(p)), param_paths(params))
     chain = []
