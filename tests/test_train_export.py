@@ -1,16 +1,18 @@
 """The trainer's export (`workdir/hf`): transformers loads the weights and gives our logits, and the processor files
-load as a transformers processor."""
+load as a transformers processor. Slow: compiles our forward and loads transformers (about a minute on 2 cores)."""
 import numpy as np
+import pytest
 from flax import nnx
 
 from configs.sft_tiny import get_config
+from llavao1_jax.model.mllama import init_model
 from llavao1_jax.train import data
 from llavao1_jax.train.loop import export_hf
 from llavao1_jax.train.state import abstract_model, model_config
-from llavao1_jax.model.mllama import init_model
 from tests.hf_reference import hf_logits, relative_error
 
 
+@pytest.mark.slow
 def test_exported_model_loads_in_transformers_with_our_logits(tmp_path):
     import transformers
 
