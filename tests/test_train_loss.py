@@ -41,7 +41,7 @@ def test_chunked_loss_and_gradients_equal_naive(problem, chunk_size):
     t = {k: jnp.asarray(v) for k, v in loss_targets(labels, supervised_length(labels, chunk_size)).items()}
 
     def chunked(hidden, kernel):
-        total = supervised_cross_entropy(hidden, lambda h: h @ kernel, t["loss_positions"], t["loss_targets"],
+        total = supervised_cross_entropy(hidden, kernel, t["loss_positions"], t["loss_targets"],
                                          t["loss_weights"], chunk_size)
         return total / t["loss_weights"].sum()
 
@@ -56,8 +56,7 @@ def test_loss_never_forms_full_logits(problem):
     """The loss and its gradients hold logits for one chunk of positions at a time, never for every position."""
     hidden, kernel, labels = problem
     t = loss_targets(labels, supervised_length(labels, 4))
-    fn = lambda h, k: supervised_cross_entropy(h, lambda x: x @ k, t["loss_positions"], t["loss_targets"],
-                                               t["loss_weights"], 4)
+    fn = lambda h, k: supervised_cross_entropy(h, k, t["loss_positions"], t["loss_targets"], t["loss_weights"], 4)
     hlo = jax.jit(jax.grad(fn, argnums=(0, 1))).lower(hidden, kernel).as_text()
     shapes = {tuple(map(int, m.split("x"))) for m in re.findall(r"tensor<((?:\d+x)+)f32>", hlo)
               for m in [m.rstrip("x")]}

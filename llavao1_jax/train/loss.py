@@ -3,12 +3,11 @@
 A batch's labels are aligned with its input ids (`llavao1_jax.data.pipeline`): position t predicts labels[t + 1]. On
 the host, `loss_targets` lists per row the positions whose next label is trained, padded to a static count `P` (a
 multiple of the chunk size, from `supervised_length`). On the device, `supervised_cross_entropy` gathers those rows
-of the final hidden states ([B, P, D] instead of [B, S, D]) and applies the head one chunk of positions at a time
-under `jax.checkpoint`, so neither the forward nor the backward pass holds more than [B, chunk, vocab] logits.
+of the final hidden states ([B, P, D] instead of [B, S, D]) and applies the head one chunk of positions at a time,
+with a hand-written backward pass (the logits are recomputed and turned into their gradient, softmax minus one-hot,
+in one elementwise pass), so neither pass holds more than a couple of [B, chunk, vocab] float32 arrays.
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -47,10 +46,41 @@ def loss_targets(labels: np.ndarray, length: int) -> dict[str, np.ndarray]:
             "loss_weights": np.pad(keep, pad).astype(np.float32)}
 
 
-def supervised_cross_entropy(hidden: jax.Array, head: Callable[[jax.Array], jax.Array], positions: jax.Array,
-                             targets: jax.Array, weights: jax.Array, chunk_size: int) -> jax.Array:
-    """Sum over supervised positions of weight * cross-entropy (float32), with `head` ([..., D] -> [..., V] logits)
-    applied only to the gathered positions, `chunk_size` positions per row at a time.
+def _logits(h: jax.Array, kernel: jax.Array) -> jax.Array:
+    """The LM head in the hidden states' (compute) dtype, accumulated and returned in float32: [B, c, V]."""
+    return jnp.einsum("bcd,dv->bcv", h, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _chunk_loss(h, kernel, targets, weights):
+    """sum(weights * cross-entropy) of one chunk: h [B, c, D], kernel [D, V], targets/weights [B, c]."""
+    return _chunk_loss_fwd(h, kernel, targets, weights)[0]
+
+
+def _chunk_loss_fwd(h, kernel, targets, weights):
+    logits = _logits(h, kernel)
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    per_token = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.sum(per_token * weights), (h, kernel, targets, weights, lse, per_token)
+
+
+def _chunk_loss_bwd(residuals, g):
+    h, kernel, targets, weights, lse, per_token = residuals
+    logits = _logits(h, kernel)
+    target = jnp.arange(logits.shape[-1]) == targets[..., None]
+    dlogits = ((jnp.exp(logits - lse[..., None]) - target) * (weights * g)[..., None]).astype(h.dtype)
+    dh = jnp.einsum("bcv,dv->bcd", dlogits, kernel.astype(h.dtype), preferred_element_type=jnp.float32)
+    dkernel = jnp.einsum("bcd,bcv->dv", h, dlogits, preferred_element_type=jnp.float32)
+    return dh.astype(h.dtype), dkernel.astype(kernel.dtype), None, per_token * g
+
+
+_chunk_loss.defvjp(_chunk_loss_fwd, _chunk_loss_bwd)
+
+
+def supervised_cross_entropy(hidden: jax.Array, kernel: jax.Array, positions: jax.Array, targets: jax.Array,
+                             weights: jax.Array, chunk_size: int) -> jax.Array:
+    """Sum over supervised positions of weight * cross-entropy (float32), the LM head `kernel` [D, V] applied only
+    to the gathered positions, `chunk_size` positions per row at a time, in the dtype of `hidden`.
 
     hidden [B, S, D]; positions, targets, weights [B, P] with P a multiple of `chunk_size` (see `loss_targets`)."""
     b, p = positions.shape
@@ -60,12 +90,8 @@ def supervised_cross_entropy(hidden: jax.Array, head: Callable[[jax.Array], jax.
     chunks = p // chunk_size
     split = lambda x: jnp.swapaxes(x.reshape(b, chunks, chunk_size, *x.shape[2:]), 0, 1)
 
-    @jax.checkpoint
-    def chunk_loss(total, chunk):
-        h, t, w = chunk
-        logits = head(h).astype(jnp.float32)  # [B, chunk, V]
-        target_logit = jnp.take_along_axis(logits, t[..., None], axis=-1)[..., 0]
-        return total + jnp.sum((jax.nn.logsumexp(logits, axis=-1) - target_logit) * w), None
+    def body(total, chunk):
+        return total + _chunk_loss(*chunk[:1], kernel, *chunk[1:]), None
 
-    total, _ = jax.lax.scan(chunk_loss, jnp.zeros((), jnp.float32), (split(gathered), split(targets), split(weights)))
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (split(gathered), split(targets), split(weights)))
     return total

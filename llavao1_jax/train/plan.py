@@ -4,7 +4,8 @@
 
 Lowers and compiles the config's train step ahead of time on a mesh of fake CPU devices with abstract inputs (no
 parameter is ever materialised), then prints per-device memory: parameters and optimiser state (from their
-shardings), what the compiled step holds as arguments, outputs and temporaries, and the step's FLOPs. The CPU
+shardings), what the compiled step holds as arguments, outputs and temporaries, and FLOPs: XLA's count of the
+compiled step (which counts a scanned layer once, not once per layer) beside 6 x parameters x tokens. The CPU
 compiler stands in for the accelerator's: cuDNN attention is planned as XLA attention, and the CPU backend may keep
 some bfloat16 temporaries in float32, so the temporaries are an upper estimate.
 """
@@ -53,7 +54,7 @@ class Plan:
                 ("step outputs (aliased onto arguments)", f"{gb(self.output_bytes)} ({gb(self.alias_bytes)})"),
                 ("temporaries (activations, gradients)", gb(self.temp_bytes)),
                 ("peak during a step", gb(self.peak_bytes)),
-                ("step FLOPs (compiled, per device)", f"{self.flops:.4g}"),
+                ("step FLOPs (XLA's count: each loop body once)", f"{self.flops:.4g}"),
                 ("model FLOPs (6 x params x tokens / devices)", f"{self.model_flops:.4g}")]
         head = f"per device, {self.devices} devices, mesh {self.mesh}"
         return "\n".join([head] + [f"  {name:<44}{value}" for name, value in rows])

@@ -27,7 +27,7 @@ def make_loss_sum(graphdef: nnx.GraphDef, chunk_size: int) -> Callable:
     def loss_sum(params, batch):
         model = nnx.merge(graphdef, params)
         hidden = model.hidden_states(**{k: batch[k] for k in INPUT_NAMES if k in batch})
-        return supervised_cross_entropy(hidden, model.language_model.logits, batch["loss_positions"],
+        return supervised_cross_entropy(hidden, model.language_model.lm_head.kernel[...], batch["loss_positions"],
                                         batch["loss_targets"], batch["loss_weights"], chunk_size)
 
     return loss_sum
