@@ -1,7 +1,7 @@
 """One SFT train step of llavao1_jax against transformers + torch AdamW on the same model shape.
 
-    PYTHONPATH=. python benchmarks/train_step.py          # mid config, batch 4 x 256 tokens, one 4-tile image each
-    PYTHONPATH=. python benchmarks/train_step.py --steps 3 --seq-len 128
+    python benchmarks/train_step.py                      # mid config, batch 4 x 256 tokens, one 4-tile image each
+    python benchmarks/train_step.py --steps 3 --seq-len 128
 
 Half of every row's positions are supervised. Ours: the trainer's jitted step (supervised-only chunked loss, optax
 AdamW, scanned layers, no remat) on one CPU device. Reference: `MllamaForConditionalGeneration(labels=...)` (full
@@ -13,6 +13,7 @@ steps run (Linux: /proc/self/clear_refs resets the mark after the first step), a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import resource
@@ -20,6 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sft_tiny.py"
 
 
 def _peak_rss_gb() -> float:
@@ -40,13 +44,15 @@ def _step_peak_gb() -> float:
 def time_ours(args) -> dict:
     import jax
 
-    from configs.sft_tiny import get_config
     from llavao1_jax.train import data
     from llavao1_jax.train import mesh as train_mesh
     from llavao1_jax.train.program import build_program
     from llavao1_jax.train.state import init_train_state, model_config
 
-    config = get_config()
+    spec = importlib.util.spec_from_file_location("sft_tiny", TINY_CONFIG)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()  # the trainer's fields; the model and batch set below
     config.mesh.fsdp = 1
     config.batch_size, config.loss.chunk_size = args.batch, args.chunk_size
     config.model.preset = args.preset
