@@ -2,7 +2,7 @@
 
 The samples come through the real SFT pipeline (chat template, assistant-only labels, 4-tile images); their token ids
 are renumbered onto the few hundred ids they use, so the tiny model's vocabulary is that small and a step is quick.
-Slow: about a minute of compilation and a few hundred steps."""
+Slow: a minute of compilation and 300 steps (over 20 minutes on the loaded 2-core machine)."""
 import dataclasses
 
 import jax

@@ -1,7 +1,7 @@
 """The sharded train step: the same losses and parameters on every mesh and with gradient accumulation, and the
 non-finite guard. A tiny model with a 512-token vocabulary on random batches with one 4-tile image per row.
 
-The default run compiles the step once (one device); the layouts are slow (one compilation each, 1.5-3 minutes
+The default run compiles the step once (one device); the layouts are slow (one compilation each, 1.5-6 minutes
 apiece on 2 shared cores)."""
 import dataclasses
 
