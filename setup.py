@@ -26,6 +26,8 @@ CORE = [
     # Evaluation: VLMEvalKit's benchmark TSVs read with pandas' own NA and type rules; its xlsx prediction files.
     "pandas",
     "openpyxl",
+    # Trainer: TensorBoard event files without TensorFlow.
+    "tensorboardX",
 ]
 
 EXTRAS = {
@@ -37,6 +39,7 @@ EXTRAS = {
 CONSOLE_SCRIPTS = [
     "llavao1-generate = llavao1_jax.cli.generate:main",
     "llavao1-infer = llavao1_jax.infer:main",
+    "llavao1-train = llavao1_jax.train.__main__:run",
 ]
 
 setuptools.setup(

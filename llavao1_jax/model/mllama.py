@@ -54,7 +54,15 @@ class Mllama(nnx.Module):
 
     def forward(self, input_ids, attention_mask=None, pixel_values=None, aspect_ratio_ids=None,
                 aspect_ratio_mask=None, cross_attention_mask=None, position_ids=None) -> jax.Array:
-        """Full-sequence forward (training and scoring). Returns float32 logits [B, S, vocab_size]."""
+        """Full-sequence forward (scoring). Returns float32 logits [B, S, vocab_size]."""
+        hidden = self.hidden_states(input_ids, attention_mask, pixel_values, aspect_ratio_ids, aspect_ratio_mask,
+                                    cross_attention_mask, position_ids)
+        return self.language_model.logits(hidden).astype(jnp.float32)
+
+    def hidden_states(self, input_ids, attention_mask=None, pixel_values=None, aspect_ratio_ids=None,
+                      aspect_ratio_mask=None, cross_attention_mask=None, position_ids=None) -> jax.Array:
+        """Full-sequence forward up to the LM head: the final hidden states [B, S, hidden] (after the last norm),
+        in the compute dtype. Training applies the head only at supervised positions (`llavao1_jax.train.loss`)."""
         b, s = input_ids.shape
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(s), (b, s))
@@ -68,7 +76,7 @@ class Mllama(nnx.Module):
                 cross_attention_mask = jnp.ones((b, s, *pixel_values.shape[1:3]), jnp.int32)
             cross = self.cross_inputs(cross_attention_mask, states=states)
         hidden, _ = self.language_model(input_ids, position_ids, self_bias, cross)
-        return self.language_model.logits(hidden).astype(jnp.float32)
+        return hidden
 
     def init_cache(self, batch_size: int, max_length: int, num_vision_tokens: int = 0, dtype=None) -> KVCache:
         """An empty decoding cache (zeros) in the layout of the text decoder (`text.KVCache`); cross K/V are None

@@ -1,0 +1,47 @@
+"""SFT of the tiny random model on the synthetic reasoning set, on CPU in minutes.
+
+    python -m llavao1_jax.train --config configs/sft_tiny.py --workdir runs/sft_tiny
+    python -m llavao1_jax.train --config configs/sft_tiny.py:steps=200 --workdir runs/sft_tiny --config.mesh.fsdp=4
+
+`get_config` builds every field the trainer reads; configs/sft_llava_cot_11b.py starts from it.
+"""
+import ml_collections
+
+from llavao1_jax.config_utils import parse_arg
+from llavao1_jax.sharding import DEFAULT_RULES
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    args = parse_arg(arg, steps=60, batch=8)
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    # Device mesh (data x fsdp x tensor; -1 once: the devices the others leave) and the logical-axis rules.
+    c.mesh = ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1))
+    c.sharding_rules = tuple((name, axes) for name, axes in DEFAULT_RULES)
+    c.batch_size = args.batch          # global, over all processes and micro-batches
+    c.grad_accum = 1                   # micro-batches per step (lax.scan inside the step)
+    c.total_steps = args.steps         # 0: num_epochs epochs of the train split
+    c.num_epochs = 0
+    c.checkpoint_every = 20
+    c.keep_checkpoints = 2
+    c.async_checkpointing = True
+    c.log_every = 5
+    c.eval_every = 0                   # held-out loss every K steps (0: never)
+    c.eval_batches = 2
+    c.sample_every = 0                 # a greedy sample on a held-out question every K steps (0: never)
+    c.sample_max_new_tokens = 48
+    c.export_hf = True                 # workdir/hf at the end: transformers weights + processor files
+    c.peak_flops_per_device = 0.0      # for model FLOPs utilisation (0: not logged); e.g. 989e12 for H100 bf16
+    c.xla_gpu_overlap = False          # XLA GPU flags that overlap collectives with compute (set before jax starts)
+
+    c.model = ml_collections.ConfigDict(dict(
+        preset="tiny", init_from="", dtype="float32", param_dtype="float32", remat="none", attention_impl="xla"))
+    c.data = ml_collections.ConfigDict(dict(
+        name="synthetic_reasoning", data_dir="", num_train=64, num_test=16, seed=0, image_size=56,
+        buckets=(256, 512), answer_format="tagged", num_workers=0))
+    c.loss = ml_collections.ConfigDict(dict(chunk_size=128))   # supervised positions per row per head chunk
+    c.optim = ml_collections.ConfigDict(dict(
+        name="adamw", learning_rate=3e-3, schedule="constant", warmup_steps=0, epoch_decay=0.85,
+        end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+        weight_decay_exclude=r"(norm|bias|gate|embed)", clip_norm=1.0, freeze=""))
+    return c

@@ -1,0 +1,97 @@
+"""The jitted train and eval steps.
+
+`make_train_step` returns `(state, batch) -> (state, metrics)`: the batch is split into `grad_accum` micro-batches
+that a `lax.scan` runs one after another, summing gradients; the loss is the mean cross-entropy over the supervised
+tokens of the whole global batch, so it does not depend on how the batch is split over devices or micro-batches.
+A step whose loss or gradient norm is not finite returns the state unchanged and `finite = False`.
+`jit_train_step` compiles it with explicit in/out shardings and the state donated.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from llavao1_jax.model.mllama import INPUT_NAMES
+from llavao1_jax.train.loss import supervised_cross_entropy
+from llavao1_jax.train.state import TrainState
+
+
+def make_loss_sum(graphdef: nnx.GraphDef, chunk_size: int) -> Callable:
+    """`(params, batch) -> summed cross-entropy` over the batch's supervised positions (see `loss`)."""
+
+    def loss_sum(params, batch):
+        model = nnx.merge(graphdef, params)
+        hidden = model.hidden_states(**{k: batch[k] for k in INPUT_NAMES if k in batch})
+        return supervised_cross_entropy(hidden, model.language_model.lm_head.kernel[...], batch["loss_positions"],
+                                        batch["loss_targets"], batch["loss_weights"], chunk_size)
+
+    return loss_sum
+
+
+def _micro_batches(batch: dict, grad_accum: int) -> dict:
+    """[B, ...] -> [grad_accum, B / grad_accum, ...], micro-batch i holding rows i, i + grad_accum, ...: every
+    device's rows split evenly, so a micro-batch keeps the batch's sharding without moving data."""
+    def split(x):
+        x = x.reshape(x.shape[0] // grad_accum, grad_accum, *x.shape[1:])
+        return jnp.swapaxes(x, 0, 1)
+    return jax.tree.map(split, batch)
+
+
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
+                    frozen, grad_accum: int, chunk_size: int, param_shardings=None) -> Callable:
+    """The train step (see the module docstring). `frozen` is the tree of `optimizer.frozen_mask` (no gradient
+    flows into those parameters); `param_shardings` pins the gradient accumulator to the parameters' layout."""
+    loss_sum = make_loss_sum(graphdef, chunk_size)
+
+    def train_step(state: TrainState, batch: dict):
+        weight = jnp.maximum(batch["loss_weights"].sum(), 1.0)
+
+        def loss_of_trainable(params, micro):
+            params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
+            return loss_sum(params, micro)
+
+        def accumulate(carry, micro):
+            grads, total = carry
+            loss, g = jax.value_and_grad(loss_of_trainable)(state.params, micro)
+            grads = jax.tree.map(jnp.add, grads, g)
+            if param_shardings is not None:
+                grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+            return (grads, total + loss), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, total), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)),
+                                         _micro_batches(batch, grad_accum))
+        grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
+        loss = total / weight
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                         opt_state=opt_state, rng=state.rng)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
+                   "supervised_tokens": batch["loss_weights"].sum(), "tokens": batch["attention_mask"].sum(),
+                   "finite": finite}
+        return new, metrics
+
+    return train_step
+
+
+def jit_train_step(train_step: Callable, state_shardings: TrainState, batch_shardings: dict, mesh) -> Callable:
+    """`jax.jit` of the train step: state and batch in their shardings, the state donated, metrics replicated."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
+                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+
+
+def jit_eval_step(graphdef: nnx.GraphDef, chunk_size: int, param_shardings, batch_shardings: dict, mesh) -> Callable:
+    """`(params, batch) -> (summed loss, supervised tokens)`, jitted with the same shardings as training."""
+    loss_sum = make_loss_sum(graphdef, chunk_size)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(lambda params, batch: (loss_sum(params, batch), batch["loss_weights"].sum()),
+                   in_shardings=(param_shardings, batch_shardings), out_shardings=replicated)
