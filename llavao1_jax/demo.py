@@ -26,8 +26,6 @@ from llavao1_jax.data.synthetic_reasoning import draw_scene, make_problem
 from llavao1_jax.model import preset
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.py"
-_CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "ml_collections config file",
-                                          lock_config=True)
 
 
 class Timer:
@@ -94,12 +92,19 @@ def run(config) -> dict:
     return dict(params=n_params, logits_shape=logits.shape, round_trip=same, tokens_per_s=tokens / gen_time.seconds)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    quiet_library_logs()
-    run(_CONFIG.value)
+def cli() -> None:
+    """The command line: defines its flags here, so that importing this module defines none."""
+    config = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "ml_collections config file",
+                                             lock_config=True)
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        quiet_library_logs()
+        run(config.value)
+
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli()

@@ -19,12 +19,6 @@ from absl import app, flags
 from ml_collections import config_flags
 
 _DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "sft_llava_cot_11b.py"
-_CONFIG = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "ml_collections config file",
-                                          lock_config=True)
-_DEVICES = flags.DEFINE_integer("devices", None, "fake devices (default: the mesh's size; required when the mesh "
-                                "has a -1 axis)")
-_SEQ_LEN = flags.DEFINE_integer("seq_len", None, "tokens per sample (default: the largest bucket)")
-_SUPERVISED = flags.DEFINE_float("supervised_fraction", 1.0, "share of the positions that carry a label")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,18 +94,29 @@ def plan(config, *, seq_len: int | None = None, supervised_fraction: float = 1.0
                 model_flops=6.0 * n_params * config.batch_size * seq_len / mesh.size)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    config = _CONFIG.value
-    devices = _DEVICES.value or int(np.prod([config.mesh.data, config.mesh.fsdp, config.mesh.tensor]))
-    if devices <= 0:
-        raise app.UsageError("the mesh has a -1 axis: pass --devices")
-    import jax
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_num_cpu_devices", devices)
-    print(plan(config, seq_len=_SEQ_LEN.value, supervised_fraction=_SUPERVISED.value).table())
+def cli() -> None:
+    """The command line: defines its flags here, so that importing this module defines none."""
+    config_flag = config_flags.DEFINE_config_file("config", str(_DEFAULT_CONFIG), "ml_collections config file",
+                                                  lock_config=True)
+    devices_flag = flags.DEFINE_integer("devices", None, "fake devices (default: the mesh's size; required when "
+                                        "the mesh has a -1 axis)")
+    seq_len = flags.DEFINE_integer("seq_len", None, "tokens per sample (default: the largest bucket)")
+    supervised = flags.DEFINE_float("supervised_fraction", 1.0, "share of the positions that carry a label")
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        config = config_flag.value
+        devices = devices_flag.value or int(np.prod([config.mesh.data, config.mesh.fsdp, config.mesh.tensor]))
+        if devices <= 0:
+            raise app.UsageError("the mesh has a -1 axis: pass --devices")
+        import jax
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", devices)
+        print(plan(config, seq_len=seq_len.value, supervised_fraction=supervised.value).table())
+
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli()
