@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import llavao1_jax as lj
 from llavao1_jax.cli.generate import load_processor
+from llavao1_jax.json_lines import read_objects
 from llavao1_jax.search.config import JUDGES, METHODS, VERDICTS
 from llavao1_jax.search.prompts import STAGES
 
@@ -54,15 +55,7 @@ def read_questions(args) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist")
     questions = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not JSON: {error}") from None
-        if not isinstance(item, dict) or "question" not in item:
-            raise ValueError(f"{path}:{number}: expected an object with a 'question' field")
+    for _, item in read_objects(path, ("question",)):
         image = item.get("image")
         questions.append({"question": item["question"], "image": None if image is None else str(path.parent / image)})
     if not questions:

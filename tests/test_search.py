@@ -100,7 +100,7 @@ def test_cli_prints_the_stages_or_json(setup, capsys):
         f"[{stage}" for stage in STAGES]                                   # progress per stage
     (root / "bad.jsonl").write_text('{"question": "a"}\nnot json\n')
     assert infer.main(["--model", str(root / "model"), "--questions", str(root / "bad.jsonl")]) == 2
-    assert "bad.jsonl:2" in capsys.readouterr().err
+    assert "bad.jsonl: line 2" in capsys.readouterr().err
 
 
 @pytest.mark.slow

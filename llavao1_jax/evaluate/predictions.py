@@ -3,26 +3,18 @@ text) and VLMEvalKit's prediction files (xlsx or tsv with `index` and `predictio
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 
 import pandas as pd
+
+from llavao1_jax.json_lines import read_objects
 
 JSONL_FIELDS = ("index", "output")
 
 
 def _read_jsonl(path: Path) -> dict[str, str]:
     out = {}
-    for line_number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}: line {line_number} is not JSON ({error})") from None
-        missing = [f for f in JSONL_FIELDS if f not in record]
-        if missing:
-            raise ValueError(f"{path}: line {line_number} lacks field(s) {missing}")
+    for line_number, record in read_objects(path, JSONL_FIELDS):
         key = str(record["index"])
         if key in out:
             raise ValueError(f"{path}: line {line_number} repeats index {record['index']!r}")
