@@ -14,8 +14,8 @@ import pytest
 
 import llavao1_jax as lj
 from llavao1_jax.evaluate.runner import run
-from llavao1_jax.model import preset
 from evaluate_files import write_tsv
+from tiny_model import tiny_model_and_processor
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,11 +49,8 @@ def bench(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def setup(bench):
-    config = preset("tiny", scan_layers=False)
-    model = lj.init_model(config, seed=0)
-    processor = lj.Processor.llama3_2_vision(tile_size=config.vision.image_size,
-                                             max_image_tiles=config.vision.max_num_tiles)
-    return lj.Generator(model), processor, bench
+    _, generator, processor = tiny_model_and_processor()
+    return generator, processor, bench
 
 
 def _search(config):

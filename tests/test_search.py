@@ -9,18 +9,15 @@ import pytest
 
 import llavao1_jax as lj
 from llavao1_jax import infer
-from llavao1_jax.model import preset
 from llavao1_jax.search.prompts import STAGES
+from tiny_model import tiny_model_and_processor
 
 SMALL = dict(max_stage_tokens=4, judge_max_tokens=3)
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    config = preset("tiny", scan_layers=False)
-    model = lj.init_model(config, seed=0)
-    processor = lj.Processor.llama3_2_vision(tile_size=config.vision.image_size,
-                                             max_image_tiles=config.vision.max_num_tiles)
+    model, generator, processor = tiny_model_and_processor()
     root = tmp_path_factory.mktemp("search")
     rng = np.random.default_rng(0)
     paths = []
@@ -30,7 +27,7 @@ def setup(tmp_path_factory):
     questions = [{"question": "How many squares are there?", "image": paths[0]},
                  {"question": "Which shape is the largest one, and what colour is it?", "image": paths[1]},
                  {"question": "Red?", "image": PIL.Image.open(paths[2])}]
-    return lj.Generator(model), processor, questions, model, root
+    return generator, processor, questions, model, root
 
 
 def test_stage_search_with_the_self_judge(setup):
