@@ -78,8 +78,8 @@ def main():
         return inference.Decoder(generator, jax.block_until_ready(state), **options)
 
     warm = decoder()
-    graphdef, params, head_t = generator.decoding_model
-    compiled = engine.decode.lower(graphdef, warm.sampling, params, head_t, warm.state, warm.gen, warm.stopping,
+    graphdef, params, head = generator.decoding_model
+    compiled = engine.decode.lower(graphdef, warm.sampling, params, head, warm.state, warm.gen, warm.stopping,
                                    jnp.asarray(args.steps, jnp.int32)).compile().as_text()
     warm.run()
     timed = decoder()

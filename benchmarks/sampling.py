@@ -80,8 +80,8 @@ def choice_ms(logits: jax.Array, repeats: int, mode: dict) -> float:
 def profile_split(generator: inference.Generator, batch: dict, steps: int, mode: dict) -> tuple[float, float]:
     """(choosing, the rest) in XLA op ms per decode step, from a profiled run of `steps` steps."""
     running = decoder(generator, batch, steps, mode)
-    graphdef, params, head_t = generator.decoding_model
-    compiled = engine.decode.lower(graphdef, running.sampling, params, head_t, running.state, running.gen,
+    graphdef, params, head = generator.decoding_model
+    compiled = engine.decode.lower(graphdef, running.sampling, params, head, running.state, running.gen,
                                    running.stopping, jnp.asarray(steps, jnp.int32)).compile().as_text()
     sources = {}
     for line in compiled.splitlines():

@@ -1,7 +1,7 @@
 """The jitted device computations of decoding: prefill, appending tokens to a cache, and the decode loop.
 
 Every function is a pure function of the model in the per-layer layout, given as `decoding_model.prepare` makes it:
-`graphdef` (static) and `params` from `nnx.split`, merged inside, and `head_t` (the CPU LM-head copy or None);
+`graphdef` (static) and `params` from `nnx.split`, merged inside, and `head` (the engine's `LMHead`);
 append and decode take the decode state as a donated argument, so the cache is updated in place and never
 leaves the device. The decode loop is one `lax.while_loop`: it samples a token per row, records it, checks stop
 tokens, stop strings and budgets, feeds the token back (one cache slot per step), and exits as soon as every row has
@@ -38,7 +38,7 @@ class Stopping(NamedTuple):
     min_new_tokens: jax.Array
 
 
-def advance(model: Mllama, head_t, state: DecodeState, tokens: jax.Array, valid: jax.Array, cross_rows=None,
+def advance(model: Mllama, head, state: DecodeState, tokens: jax.Array, valid: jax.Array, cross_rows=None,
             image_states=None, score: bool = False):
     """Feeds a chunk of tokens [B, S] to the cache at slots [index, index + S) (traceable).
 
@@ -63,7 +63,7 @@ def advance(model: Mllama, head_t, state: DecodeState, tokens: jax.Array, valid:
     all_hidden, cache = model.language_model(tokens, positions, bias, cross, cache, index)
     last = s - 1 - jnp.argmax(valid[:, ::-1], axis=1)                      # each row's last valid token
     hidden = jnp.take_along_axis(all_hidden, last[:, None, None], axis=1)  # [B, 1, D]: the head runs on B rows only
-    logits = head_logits(model, head_t, hidden)[:, 0].astype(jnp.float32)
+    logits = head_logits(model, head, hidden)[:, 0].astype(jnp.float32)
     fed = valid.any(axis=1)
     cross_mask = state.cross_mask
     if cross_mask is not None:
@@ -74,10 +74,10 @@ def advance(model: Mllama, head_t, state: DecodeState, tokens: jax.Array, valid:
                             keys=state.keys, cross_mask=cross_mask)
     if not score:
         return new_state
-    return new_state, token_logprobs(model, head_t, state.logits, all_hidden, tokens, valid)
+    return new_state, token_logprobs(model, head, state.logits, all_hidden, tokens, valid)
 
 
-def token_logprobs(model: Mllama, head_t, logits: jax.Array, hidden: jax.Array, tokens: jax.Array, valid: jax.Array,
+def token_logprobs(model: Mllama, head, logits: jax.Array, hidden: jax.Array, tokens: jax.Array, valid: jax.Array,
                    chunk: int = 16) -> jax.Array:
     """log p(tokens[b, j] | everything before it) [B, S] for valid positions (0 elsewhere), from `logits` [B, V]
     (the prediction before the chunk) and the chunk's hidden states [B, S, D]. Each valid token is predicted by
@@ -95,7 +95,7 @@ def token_logprobs(model: Mllama, head_t, logits: jax.Array, hidden: jax.Array, 
 
     def score_chunk(args):
         h_c, t_c = args
-        chunk_logits = head_logits(model, head_t, h_c).astype(jnp.float32)         # [B, chunk, V]
+        chunk_logits = head_logits(model, head, h_c).astype(jnp.float32)         # [B, chunk, V]
         picked = jnp.take_along_axis(chunk_logits, t_c[..., None], axis=-1)[..., 0]
         return picked - jax.nn.logsumexp(chunk_logits, axis=-1)
 
@@ -109,7 +109,7 @@ def token_logprobs(model: Mllama, head_t, logits: jax.Array, hidden: jax.Array, 
 
 
 @functools.partial(jax.jit, static_argnums=(0, 5))
-def prefill(graphdef, params, head_t, inputs: dict, keys: jax.Array, max_length: int) -> DecodeState:
+def prefill(graphdef, params, head, inputs: dict, keys: jax.Array, max_length: int) -> DecodeState:
     """Runs the prompts (`inputs`: validated model inputs, attention_mask required, cross_attention_mask required with
     images) into a new cache of `max_length` slots: vision tower and cross K/V once, all prompt tokens in one pass."""
     model = nnx.merge(graphdef, params)
@@ -127,19 +127,19 @@ def prefill(graphdef, params, head_t, inputs: dict, keys: jax.Array, max_length:
     empty = DecodeState(cache=cache, logits=jnp.zeros((b, model.config.text.vocab_size), jnp.float32),
                         key_valid=jnp.zeros((b, max_length), bool), positions=jnp.zeros(b, jnp.int32),
                         index=jnp.zeros((), jnp.int32), keys=keys, cross_mask=cross_mask)
-    return constrain(advance(model, head_t, empty, ids, valid, cross_rows, image_states))
+    return constrain(advance(model, head, empty, ids, valid, cross_rows, image_states))
 
 
 @functools.partial(jax.jit, static_argnums=(0, 6), donate_argnums=3)
-def append(graphdef, params, head_t, state: DecodeState, tokens: jax.Array, valid: jax.Array, score: bool = False):
+def append(graphdef, params, head, state: DecodeState, tokens: jax.Array, valid: jax.Array, score: bool = False):
     """Teacher forcing: feeds tokens [B, S] (valid [B, S]) to the cache after what is there; with `score`, also
     returns each token's log-probability [B, S]."""
-    out = advance(nnx.merge(graphdef, params), head_t, state, tokens, valid, score=score)
+    out = advance(nnx.merge(graphdef, params), head, state, tokens, valid, score=score)
     return (constrain(out[0]), out[1]) if score else constrain(out)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 7, 8))
-def prefill_on_images(graphdef, params, head_t, images: DecodeState, tokens: jax.Array, valid: jax.Array,
+def prefill_on_images(graphdef, params, head, images: DecodeState, tokens: jax.Array, valid: jax.Array,
                       keys: jax.Array, max_length: int, image_token_id: int) -> DecodeState:
     """New prompts tokens [R, S] (valid [R, S]) in a new cache of `max_length` slots that see the images already
     encoded in `images`: its cross K/V rows are reused (R / n consecutive rows share one image row), and each
@@ -154,10 +154,10 @@ def prefill_on_images(graphdef, params, head_t, images: DecodeState, tokens: jax
     empty = DecodeState(cache=cache, logits=jnp.zeros((b, model.config.text.vocab_size), jnp.float32),
                         key_valid=jnp.zeros((b, max_length), bool), positions=jnp.zeros(b, jnp.int32),
                         index=jnp.zeros((), jnp.int32), keys=keys, cross_mask=jnp.zeros_like(tiles))
-    return constrain(advance(model, head_t, empty, tokens, valid, cross_rows))
+    return constrain(advance(model, head, empty, tokens, valid, cross_rows))
 
 
-def decode_step(model: Mllama, head_t, sampling: SamplingConfig, stopping: Stopping, state: DecodeState,
+def decode_step(model: Mllama, head, sampling: SamplingConfig, stopping: Stopping, state: DecodeState,
                 gen: Generation) -> tuple[DecodeState, Generation]:
     """One token for every running row: choose, record, check stops, feed back (traceable)."""
     b, t = gen.tokens.shape
@@ -182,11 +182,11 @@ def decode_step(model: Mllama, head_t, sampling: SamplingConfig, stopping: Stopp
                      logprobs=gen.logprobs.at[rows, column].set(logprobs, mode="drop"),
                      lengths=lengths, finish=finish.astype(gen.finish.dtype), max_new=gen.max_new, matcher=matcher,
                      stop_string=stop_string)
-    return advance(model, head_t, state, tokens[:, None], running[:, None]), gen
+    return advance(model, head, state, tokens[:, None], running[:, None]), gen
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1), donate_argnums=(4, 5))
-def decode(graphdef, sampling: SamplingConfig, params, head_t, state: DecodeState, gen: Generation,
+def decode(graphdef, sampling: SamplingConfig, params, head, state: DecodeState, gen: Generation,
            stopping: Stopping, max_steps: jax.Array) -> tuple[DecodeState, Generation]:
     """Up to `max_steps` decode steps in one while_loop, stopping early when no row is running. Rows still running
     when the cache is full finish with reason 'length'."""
@@ -198,7 +198,7 @@ def decode(graphdef, sampling: SamplingConfig, params, head_t, state: DecodeStat
 
     def body(carry):
         state, gen, step = carry
-        state, gen = decode_step(model, head_t, sampling, stopping, state, gen)
+        state, gen = decode_step(model, head, sampling, stopping, state, gen)
         return constrain(state), constrain(gen), step + 1
 
     state, gen, _ = jax.lax.while_loop(cond, body, (state, gen, jnp.zeros((), jnp.int32)))

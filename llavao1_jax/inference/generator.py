@@ -125,6 +125,10 @@ class Generator:
     It holds the arrays it was built with: after the model's parameters change (a training step, `nnx.update`),
     build a new one. The jitted engine functions are shared by every `Generator`; each compiles once per shape
     bucket and model structure.
+
+    `allowed_token_ids` restricts every choice of a token (greedy, sampling, log-probabilities) to those ids: the
+    distribution is the model's softmax over them alone, and its head computes only their logits (constrained
+    decoding; a model trained with a task vocabulary). Stop tokens outside them can never end a row.
     """
 
     # The row operations of state.py, so that a search drives everything through one object.
@@ -132,11 +136,11 @@ class Generator:
     select_rows = staticmethod(select_rows)
     compact = staticmethod(compact)
 
-    def __init__(self, model: Mllama):
+    def __init__(self, model: Mllama, allowed_token_ids: Optional[Sequence[int]] = None):
         if not isinstance(model, Mllama):
             raise TypeError(f"Generator takes an Mllama model, got {type(model).__name__}")
         self.config = model.config
-        self.decoding_model = prepare(model)
+        self.decoding_model = prepare(model, allowed_token_ids)
 
     def prefill(self, batch: dict, *, max_new_tokens: int, seed: int = 0) -> DecodeState:
         """Runs a batch of prompts (images and text) once and returns the state to decode from.
@@ -268,8 +272,8 @@ class Decoder:
         """Runs up to `max_steps` decode steps (default: until every row finishes) in one jitted while_loop.
         Returns True when every row has finished."""
         steps = self.num_tokens if max_steps is None else max_steps
-        graphdef, params, head_t = self.decoding_model
-        self.state, self.gen = engine.decode(graphdef, self.sampling, params, head_t, self.state, self.gen,
+        graphdef, params, head = self.decoding_model
+        self.state, self.gen = engine.decode(graphdef, self.sampling, params, head, self.state, self.gen,
                                              self.stopping, jnp.asarray(steps, jnp.int32))
         return bool(np.all(np.asarray(self.gen.finish) != RUNNING))
 
@@ -290,7 +294,7 @@ class Decoder:
 def generate(model: Mllama, batch: dict, *, max_new_tokens: Union[int, Sequence[int]] = 256, do_sample: bool = False,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, min_new_tokens: int = 0,
              stop_token_ids: Optional[Sequence[int]] = None, stop_strings: Sequence[str] = (), processor=None,
-             seed: int = 0) -> GenerationResult:
+             seed: int = 0, allowed_token_ids: Optional[Sequence[int]] = None) -> GenerationResult:
     """Generates continuations of a batch of prompts (builds a `Generator` for this call; build one yourself to
     generate repeatedly with the same model).
 
@@ -306,11 +310,12 @@ def generate(model: Mllama, batch: dict, *, max_new_tokens: Union[int, Sequence[
       stop_strings: strings that end a row when the generated text contains them (needs `processor`).
       processor: a `Processor` or tokenizer, for stop strings and `texts`.
       seed: PRNG seed; row r samples with fold_in(PRNGKey(seed), r).
+      allowed_token_ids: restrict decoding to these ids (see `Generator`); None: the whole vocabulary.
 
     Returns:
       `GenerationResult` (tokens, lengths, finish_reason, logprobs, texts).
     """
-    return Generator(model).generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
+    return Generator(model, allowed_token_ids).generate(batch, max_new_tokens=max_new_tokens, do_sample=do_sample,
                                      temperature=temperature, top_p=top_p, top_k=top_k, min_new_tokens=min_new_tokens,
                                      stop_token_ids=stop_token_ids, stop_strings=stop_strings, processor=processor,
                                      seed=seed)
