@@ -39,7 +39,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic_reasoning", data_dir="", num_train=64, num_test=16, seed=0, image_size=56,
         buckets=(256, 512), answer_format="tagged", num_workers=0))
-    c.loss = ml_collections.ConfigDict(dict(chunk_size=128))   # supervised positions per row per head chunk
+    # chunk_size: supervised positions per row per head chunk; task_vocab: softmax over the ids the training
+    # targets use plus the special tokens (train/task_vocab.py), decoding restricted to them
+    c.loss = ml_collections.ConfigDict(dict(chunk_size=128, task_vocab=False))
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3, schedule="constant", warmup_steps=0, epoch_decay=0.85,
         end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,

@@ -83,3 +83,40 @@ def test_supervised_length_buckets():
         labels[0, 1:1 + count] = 1
         lengths.append(supervised_length(labels, 64))
     assert lengths == [64, 64, 128, 256, 512, 512]
+
+
+def test_task_vocabulary_loss_is_the_softmax_over_its_columns():
+    """make_loss_sum with a task vocabulary against the model's full logits restricted to those columns (others
+    -inf), log-softmax, mean over supervised tokens; a target outside the vocabulary is an error."""
+    from flax import nnx
+
+    import llavao1_jax as lj
+    from llavao1_jax.model import preset
+    from llavao1_jax.train import data, step, task_vocab
+
+    cfg = preset("tiny", scan_layers=True)
+    model = lj.init_model(cfg, seed=2)
+    local = data.random_batch(cfg, 2, 32, seed=3)
+    vocab = np.unique(np.concatenate([local["labels"][local["labels"] != IGNORE_INDEX], [0, 1, 2, 128009]]))
+    lookup = task_vocab.target_lookup(vocab.astype(np.int32), cfg.text.vocab_size)
+    targets = loss_targets(local["labels"], supervised_length(local["labels"], 8))
+    remapped = task_vocab.remap_targets(targets["loss_targets"], targets["loss_weights"], lookup)
+    batch = {k: jnp.asarray(v) for k, v in {**local, **targets, "loss_targets": remapped}.items() if k != "labels"}
+    graphdef, params = nnx.split(model)
+    total = step.make_loss_sum(graphdef, 8, vocab)(params, batch)
+
+    inputs = {k: local[k] for k in ("input_ids", "attention_mask", "pixel_values", "aspect_ratio_ids",
+                                    "aspect_ratio_mask", "cross_attention_mask")}
+    logits = np.asarray(model(**inputs), np.float64)[:, :-1]
+    restricted = np.full_like(logits, -np.inf)
+    restricted[..., vocab] = logits[..., vocab]
+    top = restricted.max(-1, keepdims=True)
+    logp = restricted - top - np.log(np.exp(restricted - top).sum(-1, keepdims=True))
+    target = local["labels"][:, 1:]
+    mask = target != IGNORE_INDEX
+    want = -np.take_along_axis(logp, np.where(mask, target, 0)[..., None], -1)[..., 0][mask].sum()
+    np.testing.assert_allclose(float(total), want, rtol=2e-5)
+
+    with pytest.raises(ValueError, match="batch row 0: target token id .* is not in the task vocabulary"):
+        task_vocab.remap_targets(targets["loss_targets"], targets["loss_weights"],
+                                 task_vocab.target_lookup(vocab[:3].astype(np.int32), cfg.text.vocab_size))

@@ -15,6 +15,7 @@ from llavao1_jax.data import build, pipeline
 from llavao1_jax.model.config import MllamaConfig
 from llavao1_jax.processor import Processor
 from llavao1_jax.sharding import array_sharding
+from llavao1_jax.train import task_vocab
 from llavao1_jax.train.loss import loss_targets, supervised_length
 
 # Logical axes of every array of a device batch (what the train step reads); only "batch" is sharded by default.
@@ -71,14 +72,18 @@ def batch_shardings(mesh: Mesh, rules, batch_size: int) -> dict[str, NamedShardi
             for k, axes in BATCH_AXES.items()}
 
 
-def device_batch(local: dict, shardings: dict[str, NamedSharding], chunk_size: int) -> dict[str, jax.Array]:
+def device_batch(local: dict, shardings: dict[str, NamedSharding], chunk_size: int,
+                 vocab_lookup: np.ndarray | None = None) -> dict[str, jax.Array]:
     """The global batch from this process's rows (`jax.make_array_from_process_local_data`), with the loss
-    targets of `loss.loss_targets` in place of `labels`; every process agrees on the loss length."""
+    targets of `loss.loss_targets` in place of `labels` (as task-vocabulary positions with `vocab_lookup`, see
+    `task_vocab.target_lookup`); every process agrees on the loss length."""
     length = supervised_length(local["labels"], chunk_size)
     if jax.process_count() > 1:
         length = int(np.max(multihost_utils.process_allgather(np.int32(length))))
     arrays = {k: v for k, v in local.items() if k != "labels"}
     arrays.update(loss_targets(local["labels"], length))
+    if vocab_lookup is not None:
+        arrays["loss_targets"] = task_vocab.remap_targets(arrays["loss_targets"], arrays["loss_weights"], vocab_lookup)
     rows = jax.process_count()
     return {k: jax.make_array_from_process_local_data(shardings[k], v, (v.shape[0] * rows, *v.shape[1:]))
             for k, v in arrays.items()}

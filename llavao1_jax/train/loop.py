@@ -22,7 +22,8 @@ from llavao1_jax.config_utils import write_config
 from llavao1_jax.data import pipeline, records
 from llavao1_jax.inference import generate
 from llavao1_jax.model.hf_checkpoint import save_pretrained
-from llavao1_jax.train import checkpoint, data, metrics, optimizer
+from llavao1_jax.processor.tokenizer import special_tokens
+from llavao1_jax.train import checkpoint, data, metrics, optimizer, task_vocab
 from llavao1_jax.train import mesh as train_mesh
 from llavao1_jax.train import state as train_state
 from llavao1_jax.train.program import build_program
@@ -75,34 +76,54 @@ def _log_scalars(m: dict, *, steps: int, seconds: float, tokens: float, model_fl
     return scalars
 
 
-def evaluate(eval_step, params, config, processor, data_dir, shardings) -> float:
+def evaluate(program, params, config, processor, data_dir) -> float:
     """Mean held-out loss over the first `config.eval_batches` batches of the test split."""
     iterator = data.sft_iterator(config, processor, data_dir, "test", train=False)
     total = weight = 0.0
     for _, local in zip(range(config.eval_batches), iterator):
-        loss_sum, count = eval_step(params, data.device_batch(local, shardings, config.loss.chunk_size))
+        loss_sum, count = program.eval_step(params, data.device_batch(local, program.batch_shardings,
+                                                                      config.loss.chunk_size, program.vocab_lookup))
         total, weight = total + float(loss_sum), weight + float(count)
     return total / max(weight, 1.0)
 
 
-def sample_answer(graphdef, params, config, processor, data_dir) -> str:
-    """The model's greedy answer to the first held-out question (the text decoder copied to the per-layer layout)."""
+def sample_answer(graphdef, params, config, processor, data_dir, vocab_ids) -> str:
+    """The model's greedy answer to the first held-out question (the text decoder copied to the per-layer layout),
+    restricted to the task vocabulary when there is one."""
     sample = records.to_sample(pipeline.host_source(config.data.name, "test", data_dir)[0])
     prompt = processor.apply_chat_template(pipeline.to_messages(sample.turns[:1]), add_generation_prompt=True)
     batch = processor(images=[[sample.image]], text=[prompt])
     result = generate(nnx.merge(graphdef, params), batch, max_new_tokens=config.sample_max_new_tokens,
-                      processor=processor)
+                      processor=processor, allowed_token_ids=vocab_ids)
     return result.texts[0]
 
 
-def export_hf(graphdef, params, processor, out_dir: Path) -> None:
-    """Writes the transformers-format model and the processor files to `out_dir` (process 0); parameters spread over
-    several processes are gathered to the host first."""
+def task_vocabulary(config, processor, data_dir, workdir: Path, vocab_size: int):
+    """The run's task vocabulary (`config.loss.task_vocab`), built from the whole train split and saved in the
+    workdir by process 0, or the one saved there already (a resumed run); None without the option."""
+    if not config.loss.get("task_vocab", False):
+        return None
+    saved = task_vocab.load(workdir)
+    if saved is not None:
+        return saved
+    specials = [i for i in processor.tokenizer.convert_tokens_to_ids(special_tokens()) if i < vocab_size]
+    source = pipeline.host_source(config.data.name, "train", data_dir, process_index=0, process_count=1)
+    ids = task_vocab.collect(source, processor, config.data.answer_format, specials)
+    if jax.process_index() == 0:
+        task_vocab.save(ids, workdir)
+    return ids
+
+
+def export_hf(graphdef, params, processor, out_dir: Path, vocab_ids) -> None:
+    """Writes the transformers-format model, the processor files and the task vocabulary (if any) to `out_dir`
+    (process 0); parameters spread over several processes are gathered to the host first."""
     if jax.process_count() > 1:
         params = jax.tree.map(lambda a: multihost_utils.process_allgather(a, tiled=True), params)
     if jax.process_index() == 0:
         save_pretrained(nnx.merge(graphdef, params), out_dir)
         processor.save_pretrained(out_dir)
+        if vocab_ids is not None:
+            task_vocab.save(vocab_ids, out_dir)
     multihost_utils.sync_global_devices("exported")
 
 
@@ -123,7 +144,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     local_batch = config.batch_size // jax.process_count()
     steps_per_epoch = max(1, len(pipeline.host_source(config.data.name, "train", data_dir)) // local_batch)
     total_steps = config.total_steps if config.total_steps > 0 else config.num_epochs * steps_per_epoch
-    program = build_program(config, cfg, mesh, rules, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    vocab_ids = task_vocabulary(config, processor, data_dir, workdir, cfg.text.vocab_size)
+    program = build_program(config, cfg, mesh, rules, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                            vocab_ids=vocab_ids)
     graphdef, batch_shardings = program.graphdef, program.batch_shardings
 
     iterator = data.sft_iterator(config, processor, data_dir, "train", train=True)
@@ -146,16 +169,19 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     window = dict(steps=0, seconds=0.0, tokens=0.0)
     n_params = sum(int(np.prod(a.shape)) for a in jax.tree.leaves(program.abstract_params))
     model_flops = 6.0 * n_params / mesh.size  # per token and device
+
+    def next_batch():
+        return data.device_batch(next(iterator), batch_shardings, config.loss.chunk_size, program.vocab_lookup)
+
     try:
-        batch = data.device_batch(next(iterator), batch_shardings, config.loss.chunk_size) \
-            if start < total_steps else None
+        batch = next_batch() if start < total_steps else None
         for n in range(start + 1, total_steps + 1):
             began = time.perf_counter()
             with jax.set_mesh(mesh):  # only around steps: a model built under a mesh reads axis names as mesh axes
                 state, m = run_step(state, batch)
             data_state = iterator.get_state()  # the position right after this step's batch
             if n < total_steps:  # read the next batch while the device works
-                batch = data.device_batch(next(iterator), batch_shardings, config.loss.chunk_size)
+                batch = next_batch()
             m = jax.device_get(m)
             if not m["finite"]:
                 ckpt.wait()
@@ -173,17 +199,16 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
                 writer.write(n, scalars)
             if config.eval_every and n % config.eval_every == 0:
                 with jax.set_mesh(mesh):
-                    eval_loss = evaluate(program.eval_step, state.params, config, processor, data_dir,
-                                         batch_shardings)
+                    eval_loss = evaluate(program, state.params, config, processor, data_dir)
                 writer.write(n, {"eval_loss": eval_loss})
             if config.sample_every and n % config.sample_every == 0:
                 writer.write_text(n, "sample", sample_answer(graphdef, state.params, config, processor,
-                                                             data_dir))
+                                                             data_dir, vocab_ids))
             if n % config.checkpoint_every == 0 or n == total_steps:
                 ckpt.save(n, state, data.gather_process_states(data_state))
         ckpt.wait()
         if config.export_hf:
-            export_hf(graphdef, state.params, processor, workdir / "hf")
+            export_hf(graphdef, state.params, processor, workdir / "hf", vocab_ids)
     finally:
         bar.close()
         writer.close()

@@ -7,12 +7,13 @@ import dataclasses
 from typing import Callable
 
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from llavao1_jax.model.config import MllamaConfig
-from llavao1_jax.train import data, optimizer, step
+from llavao1_jax.train import data, optimizer, step, task_vocab
 from llavao1_jax.train import state as train_state
 
 
@@ -26,15 +27,17 @@ class TrainProgram:
     batch_shardings: dict
     train_step: Callable  # jitted (state, batch) -> (state, metrics), state donated
     eval_step: Callable   # jitted (params, batch) -> (summed loss, supervised tokens)
+    vocab_lookup: np.ndarray | None = None  # task vocabulary: token id -> head column (task_vocab.target_lookup)
 
     def abstract_state(self, seed: int) -> train_state.TrainState:
         return train_state.abstract_train_state(self.abstract_params, self.tx, seed)
 
 
 def build_program(config: ml_collections.ConfigDict, cfg: MllamaConfig, mesh: Mesh, rules, *, steps_per_epoch: int,
-                  total_steps: int) -> TrainProgram:
+                  total_steps: int, vocab_ids: np.ndarray | None = None) -> TrainProgram:
     """Everything `config` and `cfg` define on `mesh`, nothing allocated (the train state is created separately by
-    `state.init_train_state` or restored from a checkpoint)."""
+    `state.init_train_state` or restored from a checkpoint). `vocab_ids`: the task vocabulary of the loss, or None
+    for the whole vocabulary."""
     schedule = optimizer.learning_rate_schedule(config.optim, steps_per_epoch=steps_per_epoch,
                                                 total_steps=total_steps)
     graphdef, abstract_params = train_state.abstract_model(cfg)
@@ -44,9 +47,11 @@ def build_program(config: ml_collections.ConfigDict, cfg: MllamaConfig, mesh: Me
     batch_shardings = data.batch_shardings(mesh, rules, config.batch_size)
     train_fn = step.make_train_step(graphdef, tx, schedule, frozen=optimizer.frozen_mask(config.optim, params_tree),
                                     grad_accum=config.grad_accum, chunk_size=config.loss.chunk_size,
-                                    param_shardings=shardings.params)
+                                    param_shardings=shardings.params, vocab_ids=vocab_ids)
     return TrainProgram(
         graphdef=graphdef, abstract_params=abstract_params, tx=tx, schedule=schedule, shardings=shardings,
         batch_shardings=batch_shardings,
         train_step=step.jit_train_step(train_fn, shardings, batch_shardings, mesh),
-        eval_step=step.jit_eval_step(graphdef, config.loss.chunk_size, shardings.params, batch_shardings, mesh))
+        eval_step=step.jit_eval_step(graphdef, config.loss.chunk_size, shardings.params, batch_shardings, mesh,
+                                     vocab_ids),
+        vocab_lookup=None if vocab_ids is None else task_vocab.target_lookup(vocab_ids, cfg.text.vocab_size))

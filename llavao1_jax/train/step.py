@@ -12,6 +12,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -21,14 +22,18 @@ from llavao1_jax.train.loss import supervised_cross_entropy
 from llavao1_jax.train.state import TrainState
 
 
-def make_loss_sum(graphdef: nnx.GraphDef, chunk_size: int) -> Callable:
-    """`(params, batch) -> summed cross-entropy` over the batch's supervised positions (see `loss`)."""
+def make_loss_sum(graphdef: nnx.GraphDef, chunk_size: int, vocab_ids: np.ndarray | None = None) -> Callable:
+    """`(params, batch) -> summed cross-entropy` over the batch's supervised positions (see `loss`); with
+    `vocab_ids` (a task vocabulary), the softmax runs over those head columns and the targets index into them."""
 
     def loss_sum(params, batch):
         model = nnx.merge(graphdef, params)
         hidden = model.hidden_states(**{k: batch[k] for k in INPUT_NAMES if k in batch})
-        return supervised_cross_entropy(hidden, model.language_model.lm_head.kernel[...], batch["loss_positions"],
-                                        batch["loss_targets"], batch["loss_weights"], chunk_size)
+        kernel = model.language_model.lm_head.kernel[...]
+        if vocab_ids is not None:
+            kernel = jnp.take(kernel, jnp.asarray(vocab_ids), axis=1)
+        return supervised_cross_entropy(hidden, kernel, batch["loss_positions"], batch["loss_targets"],
+                                        batch["loss_weights"], chunk_size)
 
     return loss_sum
 
@@ -43,10 +48,12 @@ def _micro_batches(batch: dict, grad_accum: int) -> dict:
 
 
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
-                    frozen, grad_accum: int, chunk_size: int, param_shardings=None) -> Callable:
+                    frozen, grad_accum: int, chunk_size: int, param_shardings=None,
+                    vocab_ids: np.ndarray | None = None) -> Callable:
     """The train step (see the module docstring). `frozen` is the tree of `optimizer.frozen_mask` (no gradient
-    flows into those parameters); `param_shardings` pins the gradient accumulator to the parameters' layout."""
-    loss_sum = make_loss_sum(graphdef, chunk_size)
+    flows into those parameters); `param_shardings` pins the gradient accumulator to the parameters' layout;
+    `vocab_ids` is the task vocabulary or None."""
+    loss_sum = make_loss_sum(graphdef, chunk_size, vocab_ids)
 
     def train_step(state: TrainState, batch: dict):
         weight = jnp.maximum(batch["loss_weights"].sum(), 1.0)
@@ -89,9 +96,10 @@ def jit_train_step(train_step: Callable, state_shardings: TrainState, batch_shar
                    out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
-def jit_eval_step(graphdef: nnx.GraphDef, chunk_size: int, param_shardings, batch_shardings: dict, mesh) -> Callable:
+def jit_eval_step(graphdef: nnx.GraphDef, chunk_size: int, param_shardings, batch_shardings: dict, mesh,
+                  vocab_ids: np.ndarray | None = None) -> Callable:
     """`(params, batch) -> (summed loss, supervised tokens)`, jitted with the same shardings as training."""
-    loss_sum = make_loss_sum(graphdef, chunk_size)
+    loss_sum = make_loss_sum(graphdef, chunk_size, vocab_ids)
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(lambda params, batch: (loss_sum(params, batch), batch["loss_weights"].sum()),
                    in_shardings=(param_shardings, batch_shardings), out_shardings=replicated)
