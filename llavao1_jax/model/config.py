@@ -306,6 +306,20 @@ def _mid() -> MllamaConfig:
     )
 
 
+def _small() -> MllamaConfig:
+    """About 35M parameters (all but 1.5M of them the real vocabulary's embedding and head): the model the main job
+    trains from scratch on a CPU. One 84 px tile of 28 px patches, so each cell of the synthetic set's 3 x 3 grid is
+    one patch."""
+    return MllamaConfig(
+        vision=VisionConfig(hidden_size=64, intermediate_size=256, num_hidden_layers=2, num_global_layers=1,
+                            num_attention_heads=4, image_size=84, patch_size=28, max_num_tiles=1,
+                            intermediate_layers_indices=(1,), vision_output_dim=128,
+                            supported_aspect_ratios=((1, 1),)),
+        text=TextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, cross_attention_layers=(1, 3)),
+    )
+
+
 def _llama_90b() -> MllamaConfig:
     return MllamaConfig(text=TextConfig(hidden_size=8192, intermediate_size=28672, num_hidden_layers=100,
                                         num_attention_heads=64, num_key_value_heads=8,
@@ -314,6 +328,7 @@ def _llama_90b() -> MllamaConfig:
 
 PRESETS = {
     "tiny": _tiny,
+    "small": _small,
     "mid": _mid,
     "llama-3.2-11b-vision": MllamaConfig,
     "llama-3.2-90b-vision": _llama_90b,
@@ -321,7 +336,8 @@ PRESETS = {
 
 
 def preset(name: str, **overrides) -> MllamaConfig:
-    """A named configuration: 'tiny' (CPU tests), 'mid' (benchmarks), 'llama-3.2-11b-vision', 'llama-3.2-90b-vision'."""
+    """A named configuration: 'tiny' (CPU tests), 'small' (the main job), 'mid' (benchmarks), 'llama-3.2-11b-vision',
+    'llama-3.2-90b-vision'."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}")
     return PRESETS[name]().replace(**overrides)
