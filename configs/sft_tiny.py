@@ -34,8 +34,10 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.peak_flops_per_device = 0.0      # for model FLOPs utilisation (0: not logged); e.g. 989e12 for H100 bf16
     c.xla_gpu_overlap = False          # XLA GPU flags that overlap collectives with compute (set before jax starts)
 
+    # gate_init: the cross-attention gates of a random init (transformers: 0, no image information at first)
     c.model = ml_collections.ConfigDict(dict(
-        preset="tiny", init_from="", dtype="float32", param_dtype="float32", remat="none", attention_impl="xla"))
+        preset="tiny", init_from="", dtype="float32", param_dtype="float32", remat="none", attention_impl="xla",
+        gate_init=0.0))
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic_reasoning", data_dir="", num_train=64, num_test=16, seed=0, image_size=56,
         buckets=(256, 512), answer_format="tagged", num_workers=0))

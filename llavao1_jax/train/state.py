@@ -77,15 +77,33 @@ def abstract_train_state(abstract_params_state: nnx.State, tx: optax.GradientTra
     return jax.eval_shape(lambda p: _fresh_state(p, tx, seed), nnx.to_pure_dict(abstract_params_state))
 
 
+CROSS_ATTENTION_GATES = ("cross_attn_attn_gate", "cross_attn_mlp_gate")
+
+
+def open_cross_attention_gates(params: dict, value: float) -> dict:
+    """`params` with the text decoder's cross-attention gates set to `value`. transformers initialises them to 0,
+    so no image information reaches the text until they grow, which Adam lets them do by about the learning rate
+    per step: a slow start for a model trained from scratch (`config.model.gate_init`)."""
+    def set_gate(path, leaf):
+        name = getattr(path[-1], "key", None)
+        return jnp.full_like(leaf, value) if name in CROSS_ATTENTION_GATES else leaf
+    return jax.tree_util.tree_map_with_path(set_gate, params)
+
+
 def init_train_state(config: ml_collections.ConfigDict, cfg: MllamaConfig, tx: optax.GradientTransformation,
                      shardings: TrainState, mesh: Mesh, rules) -> TrainState:
     """A fresh train state, every array created in its shard: parameters from `config.model.init_from` (loaded
-    tensor by tensor into their shards) or random (`init_model` with `config.seed`), then the optimiser state."""
+    tensor by tensor into their shards) or random (`init_model` with `config.seed`, the cross-attention gates set
+    to `config.model.gate_init`), then the optimiser state."""
     if config.model.init_from:
         model = load_pretrained(config.model.init_from, cfg.dtype, param_dtype=cfg.param_dtype, mesh=mesh,
                                 rules=rules, remat=cfg.remat, attention_impl=cfg.attention_impl, scan_layers=True)
     else:
         model = init_model(cfg, config.seed, mesh=mesh, rules=rules)
     params = nnx.to_pure_dict(nnx.state(model))
-    return jax.jit(lambda p: _fresh_state(p, tx, config.seed), in_shardings=(shardings.params,),
-                   out_shardings=shardings, donate_argnums=0)(params)
+    gate_init = 0.0 if config.model.init_from else float(config.model.get("gate_init", 0.0))
+
+    def fresh(p):
+        return _fresh_state(open_cross_attention_gates(p, gate_init) if gate_init else p, tx, config.seed)
+
+    return jax.jit(fresh, in_shardings=(shardings.params,), out_shardings=shardings, donate_argnums=0)(params)
