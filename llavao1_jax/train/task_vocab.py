@@ -20,13 +20,20 @@ FILE = "task_vocabulary.json"
 
 
 def collect(source, processor, answer_format: str, special_ids) -> np.ndarray:
-    """Sorted unique int32 ids of every trained label of `source`'s records (rendered as `answer_format`), plus
-    `special_ids`."""
+    """Sorted unique int32 ids of the assistant turns of `source`'s records (rendered as `answer_format`), plus
+    `special_ids`.
+
+    The turns are tokenised alone, in batches: the chat template puts each after a special token (the assistant
+    header), which the tokenizer never merges across, so these are the ids the pipeline trains on (a batch target
+    outside them would still be caught, by `remap_targets`)."""
     ids = set(int(i) for i in special_ids)
+    answers = []
     for index in tqdm(range(len(source)), desc="task vocabulary", unit=" records", leave=False):
-        sample = records.to_sample(source[index])
-        _, labels = pipeline.encode_conversation(processor, pipeline.to_messages(sample.turns, answer_format))
-        ids.update(labels[labels != pipeline.IGNORE_INDEX].tolist())
+        turns = records.to_sample(source[index]).turns
+        answers += [m["content"] for m in pipeline.to_messages(turns, answer_format) if m["role"] == "assistant"]
+    for start in range(0, len(answers), 1024):
+        for row in processor.tokenizer(answers[start:start + 1024], add_special_tokens=False)["input_ids"]:
+            ids.update(row)
     return np.asarray(sorted(ids), np.int32)
 
 

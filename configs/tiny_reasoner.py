@@ -1,0 +1,53 @@
+"""The main job (`python -m llavao1_jax.main`, `experiments/tiny_reasoner.py`): the `small` Mllama trained from
+scratch on the synthetic reasoning set on 8 fake CPU devices, then greedy decoding, best-of-N and stage-level beam
+search on the held-out split.
+
+    python -m llavao1_jax.main --config configs/tiny_reasoner.py:steps=300,questions=100 --workdir runs/tiny_reasoner
+
+Everything the trainer reads is here (configs/sft_tiny.py's fields), plus `evaluation` (configs/eval.py's fields,
+the benchmark written by the job) and `methods` (per method, the lj.SearchConfig fields that differ from
+`evaluation.search`).
+"""
+import importlib.util
+from pathlib import Path
+
+import ml_collections
+
+from llavao1_jax.config_utils import parse_arg
+
+
+def _config_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    args = parse_arg(arg, steps=300, questions=100, train=4000)
+    c = _config_module("sft_tiny").get_config(f"steps={args.steps},batch=16")
+    c.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
+    c.model.preset = "small"
+    c.data.num_train, c.data.num_test, c.data.image_size, c.data.buckets = args.train, args.questions, 84, (256,)
+    c.loss.task_vocab = True
+    c.optim.learning_rate = 2e-3
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_steps = 20
+    c.checkpoint_every = 50
+    c.log_every = 10
+
+    c.evaluation = _config_module("eval").get_config()
+    c.evaluation.kind = "synthetic_reasoning"
+    c.evaluation.dtype = "float32"
+    c.evaluation.batch_size = args.questions     # every question in one lj.search call
+    c.evaluation.search.max_stage_tokens = 96
+    c.evaluation.search.judge_max_tokens = 32
+    c.methods = ml_collections.ConfigDict({
+        "greedy": dict(method="greedy"),
+        "best_of_2": dict(method="best_of_n", n=2),
+        "best_of_4": dict(method="best_of_n", n=4),
+        "stage_2": dict(method="stage", n=2),
+        "stage_4": dict(method="stage", n=4),
+    })
+    c.example_method = "stage_4"
+    return c
