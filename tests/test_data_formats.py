@@ -35,3 +35,14 @@ def test_parse_errors(answer, reason):
 def test_unknown_format():
     with pytest.raises(ValueError, match="unknown answer format"):
         formats.render_answer(formats.parse_stages(TAGGED), "json")
+
+
+def test_stage_pieces_and_judge_replies_pass_every_format():
+    stages = formats.parse_stages(TAGGED)
+    assert formats.tagged_pieces(stages) == ("<SUMMARY> I will count. </SUMMARY>\n\n",
+                                             "<CAPTION> Two red circles. </CAPTION>\n\n",
+                                             "<REASONING> 1 + 1 = 2. </REASONING>\n\n", "<CONCLUSION> 2 </CONCLUSION>")
+    verdict = "Since the circle is red, I choose response 2."
+    assert all(formats.convert_answer(verdict, fmt) == verdict for fmt in formats.FORMATS)
+    with pytest.raises(formats.StageError):  # anything else without tags is still refused
+        formats.convert_answer("Since the circle is red, I choose response 3.", "direct")

@@ -17,6 +17,8 @@ conclusion ("direct", the paper's "direct training").
 import dataclasses
 import re
 
+from llavao1_jax.search.prompts import VERDICT_STRINGS
+
 STAGE_NAMES = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
 FORMATS = ("tagged", "untagged", "direct")
 _TAGS = tuple(tag for name in STAGE_NAMES for tag in (f"<{name}>", f"</{name}>"))
@@ -72,10 +74,17 @@ def parse_stages(answer: str) -> Stages:
     return Stages(*texts)
 
 
+def tagged_pieces(stages: Stages) -> tuple[str, str, str, str]:
+    """The tagged answer cut after each stage's closing tag and the blank line after it: the text each stage of a
+    stage-level search generates (the pieces join to `render_answer(stages, "tagged")`)."""
+    tagged = [f"<{name}> {text} </{name}>" for name, text in zip(STAGE_NAMES, stages.texts())]
+    return tuple(piece + "\n\n" for piece in tagged[:-1]) + (tagged[-1],)
+
+
 def render_answer(stages: Stages, fmt: str = "tagged") -> str:
     """Write `stages` as one of `FORMATS` (stages separated by a blank line; tags with a space inside, as in the data)."""
     if fmt == "tagged":
-        return "\n\n".join(f"<{name}> {text} </{name}>" for name, text in zip(STAGE_NAMES, stages.texts()))
+        return "".join(tagged_pieces(stages))
     if fmt == "untagged":
         return "\n\n".join(stages.texts())
     if fmt == "direct":
@@ -83,8 +92,15 @@ def render_answer(stages: Stages, fmt: str = "tagged") -> str:
     raise ValueError(f"unknown answer format {fmt!r}; expected one of {FORMATS}")
 
 
+def is_judge_reply(answer: str) -> bool:
+    """Whether `answer` is a self-judge's verdict rather than a staged answer: it ends in "I choose response 1." or
+    "I choose response 2."."""
+    return any(answer.endswith(verdict + ".") for verdict in VERDICT_STRINGS)
+
+
 def convert_answer(answer: str, fmt: str) -> str:
-    """Re-render a tagged answer as `fmt`; "tagged" returns `answer` unchanged (original spacing kept)."""
-    if fmt == "tagged":
+    """Re-render a tagged answer as `fmt`; "tagged" returns `answer` unchanged (original spacing kept), and so does
+    every format for a judge's reply (`is_judge_reply`)."""
+    if fmt == "tagged" or is_judge_reply(answer):
         return answer
     return render_answer(parse_stages(answer), fmt)

@@ -54,13 +54,19 @@ def host_source(name: str, split: str, data_dir, *, process_index: int | None = 
     return tfds.data_source(name, split=host_split, data_dir=data_dir)
 
 
-def to_messages(turns, answer_format: str = "tagged") -> list[dict]:
-    """Chat messages for (role, text) turns: the image first in the first user turn, answers rendered as `answer_format`
-    (one of `formats.FORMATS`). `to_messages(turns[:1])` is the prompt of a sample."""
+def to_messages(turns, answer_format: str = "tagged", *, prompt_parts: tuple[str, ...] = ()) -> list[dict]:
+    """Chat messages for (role, text) turns: the image first in the first user turn, answers rendered as
+    `answer_format` (one of `formats.FORMATS`). `prompt_parts` (joining to the first turn's text) make that turn one
+    text item per part, which `encode_conversation` tokenises one by one. `to_messages(turns[:1])` is the prompt of
+    a sample."""
     messages = []
     for index, (role, text) in enumerate(turns):
         if role == records.HUMAN:
             content = [{"type": "text", "text": text}]
+            if index == 0 and prompt_parts:
+                if "".join(prompt_parts) != text:
+                    raise ValueError("prompt_parts do not join to the first user turn's text")
+                content = [{"type": "text", "text": part} for part in prompt_parts]
             if index == 0:
                 content.insert(0, {"type": "image"})
             messages.append({"role": "user", "content": content})
@@ -72,6 +78,9 @@ def to_messages(turns, answer_format: str = "tagged") -> list[dict]:
 def encode_conversation(processor, messages: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     """Render `messages` with the chat template and tokenise; returns (input_ids, labels) int32, labels unshifted.
 
+    A message with several text items has each item tokenised on its own (as the search's judge builds its prompts
+    from separately tokenised pieces); everything else is tokenised as one text.
+
     A token is trained (label = its id) when it starts inside an assistant turn's span: from right after the
     assistant header to the end of the turn's <|eot_id|>. Spans are found by rendering the conversation up to each turn.
     """
@@ -79,9 +88,10 @@ def encode_conversation(processor, messages: list[dict]) -> tuple[np.ndarray, np
         return processor.apply_chat_template(messages[:upto], add_generation_prompt=generation_prompt, tokenize=False)
 
     text = render(len(messages))
-    encoded = processor.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    input_ids = np.asarray(encoded["input_ids"], dtype=np.int32)
-    token_starts = np.asarray([start for start, _ in encoded["offset_mapping"]])
+    pieces = _pieces(processor, messages)
+    if "".join(pieces) != text:
+        raise ValueError("the chat template changes the text items it renders; cannot tokenise them one by one")
+    input_ids, token_starts = _tokenize_pieces(processor, pieces)
     labels = np.full_like(input_ids, IGNORE_INDEX)
     for index, message in enumerate(messages):
         if message["role"] != "assistant":
@@ -93,6 +103,35 @@ def encode_conversation(processor, messages: list[dict]) -> tuple[np.ndarray, np
         trained = (token_starts >= len(prompt)) & (token_starts < len(upto_turn))
         labels[trained] = input_ids[trained]
     return input_ids, labels
+
+
+_PIECE_MARK = "\x00"
+
+
+def _pieces(processor, messages: list[dict]) -> list[str]:
+    """The rendered conversation cut at the edges of every text item of the messages with more than one."""
+    marked = []
+    for message in messages:
+        content = message["content"]
+        texts = [part["text"] for part in content if part.get("type") == "text"] if isinstance(content, list) else []
+        if len(texts) > 1:
+            if any(_PIECE_MARK in t for t in texts):
+                raise ValueError("a text item holds the character \\x00, which marks text-item edges")
+            content = [dict(part, text=_PIECE_MARK + part["text"] + _PIECE_MARK) if part.get("type") == "text"
+                       else part for part in content]
+        marked.append(dict(message, content=content))
+    return processor.apply_chat_template(marked, tokenize=False).split(_PIECE_MARK)
+
+
+def _tokenize_pieces(processor, pieces: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids of the pieces, each tokenised on its own, and each token's start offset in the joined text."""
+    encoded = processor.tokenizer(pieces, add_special_tokens=False, return_offsets_mapping=True)
+    ids, starts, offset = [], [], 0
+    for piece, piece_ids, offsets in zip(pieces, encoded["input_ids"], encoded["offset_mapping"]):
+        ids += piece_ids
+        starts += [offset + start for start, _ in offsets]
+        offset += len(piece)
+    return np.asarray(ids, dtype=np.int32), np.asarray(starts, dtype=np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +146,8 @@ class EncodeSample:
         sample = records.to_sample(record)
         try:
             image = self.processor.image_processor.preprocess(sample.image)
-            input_ids, labels = encode_conversation(self.processor, to_messages(sample.turns, self.answer_format))
+            messages = to_messages(sample.turns, self.answer_format, prompt_parts=sample.prompt_parts)
+            input_ids, labels = encode_conversation(self.processor, messages)
         except ValueError as e:  # unreadable image, broken answer tags (formats.StageError), template problems
             raise ValueError(f"record {sample.id!r}: {e}") from e
         truncated = len(input_ids) > self.max_length

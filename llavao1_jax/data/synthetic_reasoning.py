@@ -13,7 +13,8 @@ nameable position ("at the top left", "in the center", ...). Question types (`QU
 The answer is drawn first (uniformly, with uniformly placed correct options) and the scene is built to match it, so the
 question text says nothing about the answer: a text-only model is at chance. Each record keeps the plain answer and the
 pieces of its reasoning (summary, caption, reasoning steps) besides the tagged conversation, so the same data can be
-rendered in every format of `formats.FORMATS`. Records are a pure function of (seed, split, index).
+rendered in every format of `formats.FORMATS`. With `judge_fraction` > 0 the train split also holds judge records
+(`judge_samples`) after its questions. Records are a pure function of (seed, split, index) and the build parameters.
 """
 import dataclasses
 import io
@@ -47,9 +48,14 @@ class Shape:
     color: str
     cell: int
 
+    @property
+    def position(self) -> str:
+        """E.g. "at the top left"."""
+        return _POSITIONS[self.cell]
+
     def describe(self) -> str:
         """E.g. "the red circle at the top left"."""
-        return f"the {self.color} {self.shape} {_POSITIONS[self.cell]}"
+        return f"the {self.color} {self.shape} {self.position}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +110,8 @@ def _listing(category: Category, objects) -> str:
     return f"There are {len(found)} {category.plural}: {_join(found)}."
 
 
-def _caption(objects) -> str:
+def scene_caption(objects) -> str:
+    """The caption stage of a scene: every object, in grid order."""
     ordered = sorted(objects, key=lambda obj: obj.cell)
     noun = "shape" if len(ordered) == 1 else "shapes"
     described = [obj.describe().replace("the ", "a ", 1) for obj in ordered]
@@ -239,13 +246,17 @@ def _attribute_choice(rng):
 def make_problem(seed: int, split: str, index: int) -> Problem:
     """The `index`-th problem of `split` for `seed` (deterministic, independent of other indices)."""
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    question_type = QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))]
+    return draw_problem(rng, QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))])
+
+
+def draw_problem(rng, question_type: str) -> Problem:
+    """A problem of `question_type` drawn with `rng`."""
     if question_type in ("count", "count_choice"):
         parts = _count(rng, multiple_choice=question_type == "count_choice")
     else:
         parts = {"compare": _compare, "arithmetic": _arithmetic, "attribute_choice": _attribute_choice}[question_type](rng)
     objects, question, choices, answer, summary, reasoning = parts
-    return Problem(question_type, objects, question, choices, answer, summary, _caption(objects), reasoning)
+    return Problem(question_type, objects, question, choices, answer, summary, scene_caption(objects), reasoning)
 
 
 def draw_scene(objects, image_size: int) -> Image.Image:
@@ -286,25 +297,37 @@ def make_example(seed: int, split: str, index: int, image_size: int) -> dict:
         "summary": problem.summary,
         "caption": problem.caption,
         "reasoning": list(problem.reasoning),
+        "task": "answer",
+        "prompt_parts": [],
     }
 
 
 class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
     """The synthetic shapes dataset, "train" and "test" splits of any size.
 
-    Build parameters are stored in `info.metadata["params"]`. Features: those of `records.common_features` plus
-    question_type, choices, answer (the conclusion), summary, caption, reasoning (list of steps).
+    Build parameters are stored in `info.metadata["params"]`; `judge_fraction` adds round(judge_fraction *
+    num_train) judge records to the train split, after its num_train questions. Features: those of
+    `records.common_features` plus question_type, choices, answer (the conclusion), summary, caption, reasoning (list
+    of steps) of the problem, task ("answer", or "judge_<stage>" for a judge record) and prompt_parts (a judge
+    record's user turn in the pieces the search tokenises one by one; empty for questions).
     """
 
     name = "synthetic_reasoning"
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "Shapes on a 3x3 grid; count, compare, arithmetic and attribute questions."}
+    VERSION = tfds.core.Version("1.1.0")
+    RELEASE_NOTES = {"1.0.0": "Shapes on a 3x3 grid; count, compare, arithmetic and attribute questions.",
+                     "1.1.0": "Optional judge records in the train split (judge_fraction); task, prompt_parts."}
 
-    def __init__(self, *, num_train: int = 2000, num_test: int = 200, seed: int = 0, image_size: int = 112, **kwargs):
+    def __init__(self, *, num_train: int = 2000, num_test: int = 200, seed: int = 0, image_size: int = 112,
+                 judge_fraction: float = 0.0, **kwargs):
         """The parameters only matter when the dataset is generated (reading back takes them from the metadata)."""
         if image_size < 24:
             raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
-        self.params = {"num_train": num_train, "num_test": num_test, "seed": seed, "image_size": image_size}
+        if judge_fraction < 0:
+            raise ValueError(f"judge_fraction must be >= 0, got {judge_fraction}")
+        if judge_fraction and num_train < 1:
+            raise ValueError("judge_fraction > 0 needs num_train >= 1 (judge records are built from the questions)")
+        self.params = {"num_train": num_train, "num_test": num_test, "seed": seed, "image_size": image_size,
+                       "judge_fraction": float(judge_fraction)}
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -316,6 +339,8 @@ class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
             "summary": tfds.features.Text(),
             "caption": tfds.features.Text(),
             "reasoning": tfds.features.Sequence(tfds.features.Text()),
+            "task": tfds.features.Text(),
+            "prompt_parts": tfds.features.Sequence(tfds.features.Text()),
         })
         return tfds.core.DatasetInfo(
             builder=self,
@@ -326,8 +351,15 @@ class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager):
         self.info.metadata["params"] = dict(self.params)
-        return {split: self._generate_examples(split, self.params[f"num_{split}"]) for split in SPLITS}
+        return {split: self._generate_examples(split) for split in SPLITS}
 
-    def _generate_examples(self, split: str, num: int):
-        for index in tqdm.trange(num, desc=f"drawing {split}", unit=" images"):
-            yield index, make_example(self.params["seed"], split, index, self.params["image_size"])
+    def _generate_examples(self, split: str):
+        from llavao1_jax.data import judge_samples  # it builds on this module
+
+        seed, size, questions = self.params["seed"], self.params["image_size"], self.params[f"num_{split}"]
+        judges = round(self.params["judge_fraction"] * questions) if split == "train" else 0
+        for index in tqdm.trange(questions + judges, desc=f"drawing {split}", unit=" records"):
+            if index < questions:
+                yield index, make_example(seed, split, index, size)
+            else:
+                yield index, judge_samples.judge_example(seed, index, questions, size)

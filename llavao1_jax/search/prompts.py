@@ -49,6 +49,16 @@ CHECK_PARTS = ("This description of an image can be trusted: ", "\nQuestion abou
                "correct or incorrect.")
 
 
+def judge_parts(kind: str, question: str, first: str, second: str, hint: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The user-turn texts of one pairwise judge prompt, in the order `judges.compare` appends their tokens (after
+    the image): each piece is tokenised on its own, so the pieces, not their concatenation, fix the token ids.
+    `hint`: the chosen stages the judge is shown (see `methods.stage_hints`), one piece each."""
+    parts = [instruction(kind), "Question: ", question]
+    if hint:
+        parts += ["\nHint about the question: ", *hint]
+    return (*parts, "\nResponse 1: ", first, "\nResponse 2: ", second, reminder(kind))
+
+
 @dataclasses.dataclass(frozen=True)
 class Segments:
     """Token ids of the fixed pieces of the judge prompts, for one processor."""
