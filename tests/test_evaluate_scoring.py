@@ -135,6 +135,35 @@ def test_mathvista_prefetch_rules(tmp_path):
                        "prefetch_rate": str(400 / 6), "acc": "50.0"}
 
 
+def test_mathvista_right_zero_is_left_to_the_judge_and_table_order(tmp_path):
+    # VLMEvalKit's prefetch returns the parsed number and tests its truth: a right "0" is not prefetched. The
+    # score table lists keys as VLMEvalKit first meets them: Overall, the first row's skills, its task, ...
+    common = dict(image=IMAGE, precision="", question="q", question_type="free_form", answer_option="",
+                  choices="")
+    rows = [dict(common, index=1, answer="0", answer_type="integer", task="fqa", skills="['statistical reasoning']"),
+            dict(common, index=2, answer="2", answer_type="integer", task="mwp", skills="arithmetic reasoning")]
+    path = write_tsv(tmp_path / "MathVista_MINI.tsv", rows)
+    report = ev.score(path, {1: "0", 2: "2"}, workdir=tmp_path / "w")
+    assert (report["overall"], report["needs_judge"]) == (50.0, 1)
+    with open(tmp_path / "w" / "MathVista_MINI_score.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(line["Task&Skill"], line["prefetch"], line["hit"]) for line in table] == [
+        ("Overall", "1", "1"), ("statistical reasoning", "0", "0"), ("fqa", "0", "0"),
+        ("arithmetic reasoning", "1", "1"), ("mwp", "1", "1")]
+
+
+def test_mmbench_group_without_its_base_row_is_left_out(tmp_path):
+    # VLMEvalKit scores a circular group from its base row (index == g_index); rotations whose base row is absent
+    # are not scored at all.
+    common = dict(question="q", **{"l2-category": "coarse_perception"}, split="dev", A="p", B="q", image=IMAGE)
+    path = write_tsv(tmp_path / "MMBench_DEV_EN_V11.tsv", [
+        dict(common, index=0, answer="A", category="ocr"), dict(common, index=1_000_000, answer="B", category="ocr"),
+        dict(common, index=1_000_001, answer="A", category="scene")])
+    report = ev.score(path, {0: "A", 1_000_000: "B", 1_000_001: "A"})
+    assert (report["n"], report["questions"], report["overall"]) == (3, 1, 100.0)
+    assert report["by_category"] == {"ocr": 100.0}
+
+
 def test_mmvet_goes_to_the_judge_file(tmp_path):
     path = write_tsv(tmp_path / "MMVet.tsv", [dict(index=i, image=IMAGE, question=f"q{i}", answer="cat<OR>kitten",
                                                    category="rec,know") for i in range(2)])

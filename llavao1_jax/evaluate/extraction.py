@@ -44,10 +44,11 @@ def can_infer_option(answer: str, choices: dict[str, str], rules: str = "p24") -
 def can_infer_text(answer: str, choices: dict[str, str], rules: str = "p24") -> str | None:
     """The letter of the only option whose text appears (case-insensitively) in `answer`, else None."""
     _check_rules(rules)
-    texts = {letter: str(text).lower() for letter, text in choices.items()}
-    if rules == "head" and len(answer) > 2 * sum(len(t) for t in texts.values()):
-        return None
+    # HEAD compares the lower-cased answer's length with the option texts' lengths as given.
     answer = answer.lower()
+    if rules == "head" and len(answer) > 2 * sum(len(str(text)) for text in choices.values()):
+        return None
+    texts = {letter: str(text).lower() for letter, text in choices.items()}
     found = [letter for letter, text in texts.items() if text in answer]
     return found[0] if len(found) == 1 else None
 

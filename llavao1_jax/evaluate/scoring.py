@@ -83,8 +83,7 @@ def score_row(kind: str, row: Row, prediction: str, rules: str) -> tuple[str | N
         return extracted, extracted == row.answer, extracted == "Unknown"
     if kind == "mathvista":
         extracted, hit = mathvista_prefetch(row, prediction, rules)
-        fetched = extracted is not None if row.fields["question_type"] == "multi_choice" else hit
-        return extracted, hit, not fetched
+        return extracted, hit, extracted is None
     return None, False, True  # MMVet: a GPT judge only
 
 
@@ -95,15 +94,17 @@ def _row_results(bench: Benchmark, answers: dict[str, str], rules: str) -> list[
 
 def score_multiple_choice(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
     """Vanilla multiple choice (MMStar, AI2D), or circular for MMBench: a question counts only when every rotation
-    in its group (`g_index`, else `index % 1_000_000`) is inferred and right; accuracy is over the groups."""
+    in its group (`g_index`, else `index % 1_000_000`) is inferred and right; accuracy is over the groups. As in
+    VLMEvalKit, a group is scored only when its base row (the one whose index is the group's key) is present, and it
+    takes that row's category and split."""
     results = _row_results(bench, answers, rules)
     if bench.kind == "mmbench":
         groups = collections.defaultdict(list)
         for result in results:
             key = result.row.fields.get("g_index")
-            groups[key if key is not None else int(result.row.index) % CIRCULAR_STRIDE].append(result)
-        items = [(min(group, key=lambda r: int(r.row.index)).row, all(r.hit for r in group))
-                 for _, group in sorted(groups.items())]
+            groups[int(key) if key is not None else int(result.row.index) % CIRCULAR_STRIDE].append(result)
+        base = {int(r.row.index): r.row for r in results}
+        items = [(base[key], all(r.hit for r in group)) for key, group in sorted(groups.items()) if key in base]
     else:
         items = [(r.row, r.hit) for r in results]
     return Scores(results, 100 * _mean([hit for _, hit in items]), _breakdown(items, lambda r: r.category),
@@ -149,9 +150,11 @@ def score_hallusionbench(bench: Benchmark, answers: dict[str, str]) -> Scores:
 
 
 def mathvista_prefetch(row: Row, prediction: str, rules: str) -> tuple[str | None, bool]:
-    """VLMEvalKit's `post_check(prefetch=True)`: (what was extracted, whether it is right). Multiple choice:
-    `can_infer` against the choices, right when it equals `answer_option`; integer / float answers: `int()` /
-    `float()` of the whole prediction equal to the answer's; text and list answers are never right (as there)."""
+    """VLMEvalKit's `post_check(prefetch=True)`: (what was prefetched, whether it is right); None when the prefetch
+    fails and VLMEvalKit would ask its judge. Multiple choice: `can_infer` against the choices, right when it equals
+    `answer_option`; integer / float answers: `int()` / `float()` of the whole prediction, prefetched only when it
+    equals the answer's and is not zero (VLMEvalKit tests the returned value's truth, so a right 0 goes to the
+    judge); text and list answers are never prefetched (as there)."""
     if row.fields["question_type"] == "multi_choice":
         letter = extract_option(prediction, row.options, rules)
         return letter, letter is not None and letter == row.fields["answer_option"]
@@ -160,14 +163,18 @@ def mathvista_prefetch(row: Row, prediction: str, rules: str) -> tuple[str | Non
         return None, False
     try:
         value = cast(prediction)
-        return str(value), value == cast(row.answer)
+        right = value == cast(row.answer)
     except ValueError:
         return None, False
+    return (str(value), True) if right and value else (None, False)
 
 
 def _skills(row: Row) -> list[str]:
+    """The row's skills: a Python-list string, or else the text itself as one skill (as VLMEvalKit reads it)."""
     value = row.fields.get("skills")
-    return list(ast.literal_eval(value)) if isinstance(value, str) and value.startswith("[") else []
+    if not isinstance(value, str):
+        return []
+    return list(ast.literal_eval(value)) if value.startswith("[") else [value]
 
 
 def score_mathvista(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
@@ -177,7 +184,7 @@ def score_mathvista(bench: Benchmark, answers: dict[str, str], rules: str) -> Sc
     results = _row_results(bench, answers, rules)
     groups = collections.defaultdict(list)
     for r in results:
-        for key in ["Overall", r.row.fields.get("task"), *_skills(r.row)]:
+        for key in ["Overall", *_skills(r.row), r.row.fields.get("task")]:  # VLMEvalKit's order of first sight
             if key is not None:
                 groups[key].append(r)
     table = []
