@@ -9,7 +9,8 @@ one (HallusionBench's stay strings). Rows without an image are dropped and liste
 
 Images are kept as their base64 text (or path) and decoded only when `Row.image()` is called. An `image` value of 64
 characters or fewer is the index of another row whose image it reuses (MMBench's circular copies); `"[...]"` is a
-list of images; AI2D's `image_path` is read (relative to the TSV's folder) when a row has no base64 image.
+list of images. A file without an `image` column is read from its `image_path` column (relative to the TSV's
+folder), as VLMEvalKit's meta-only datasets are; in a file with one, rows whose `image` is empty are dropped.
 """
 from __future__ import annotations
 
@@ -168,8 +169,8 @@ def read_benchmark(path: str | Path, name: str | None = None, kind: str | None =
     for line, record in enumerate(records, start=2):
         index = int(record["index"]) if integer_index else str(record["index"])
         where = f"{path}: line {line} (index {index!r})"
-        sources = _image_sources(where, _text(record.get("image")), _text(record.get("image_path")), by_index,
-                                 path.parent)
+        image_path = None if "image" in table.columns else _text(record.get("image_path"))
+        sources = _image_sources(where, _text(record.get("image")), image_path, by_index, path.parent)
         if not sources:
             dropped.append(index)
             continue
