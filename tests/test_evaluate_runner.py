@@ -2,10 +2,8 @@
 and VLMEvalKit's prediction file; an interrupted run resumes to the same file without duplicates; undecodable
 images are skipped and counted, or fatal with `strict`."""
 import base64
-import importlib.util
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,21 +12,8 @@ import pytest
 
 import llavao1_jax as lj
 from llavao1_jax.evaluate.runner import run
-from evaluate_files import write_tsv
+from evaluate_files import eval_config as _eval_config, write_tsv
 from tiny_model import tiny_model_and_processor
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _eval_config(**overrides):
-    spec = importlib.util.spec_from_file_location("eval_config", ROOT / "configs" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.search.max_stage_tokens = 3
-    config.search.judge_max_tokens = 3
-    config.update(overrides)
-    return config
 
 
 def _noise_base64(seed):

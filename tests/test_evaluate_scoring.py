@@ -29,15 +29,17 @@ def _mmstar(tmp_path):
 
 
 # hit, hit? row by row: A right; C for B wrong; "The answer is C." right; D right; nothing inferable: wrong, judge.
-MMSTAR_OUTPUTS = {0: _tagged("A"), 1: _tagged("C"), 2: _tagged("The answer is C."), 3: _tagged("D"),
-                  4: _tagged("hmm")}
+# Format: rows 0-2 tagged in order; row 3 misses </CAPTION>; row 4 has CAPTION before SUMMARY: 3 of 5 valid.
+MMSTAR_OUTPUTS = {0: _tagged("A"), 1: _tagged("C"), 2: _tagged("The answer is C."),
+                  3: _tagged("D").replace("</CAPTION>", ""),
+                  4: "<CAPTION>c</CAPTION> <SUMMARY>s</SUMMARY> <REASONING>r</REASONING> <CONCLUSION>hmm</CONCLUSION>"}
 
 
 def test_mmstar_vanilla_accuracy_and_files(tmp_path):
     report = ev.score(_mmstar(tmp_path), _jsonl(tmp_path / "p.jsonl", MMSTAR_OUTPUTS), workdir=tmp_path / "w")
     assert report == {"benchmark": "MMStar", "kind": "mmstar", "rules": "p24", "answer_from": "conclusion", "n": 5,
                       "overall": pytest.approx(60.0), "by_category": {"math": 50.0, "science": pytest.approx(200 / 3)},
-                      "by_l2_category": {}, "questions": 5, "needs_judge": 1}
+                      "by_l2_category": {}, "questions": 5, "needs_judge": 1, "format_validity": 60.0}
     assert (tmp_path / "w" / "MMStar_acc.csv").read_text() == \
         "split,Overall,math,science\nnone,0.6,0.5,0.6666666666666666\n"
     with open(tmp_path / "w" / "MMStar_judge_input.tsv") as f:

@@ -1,6 +1,7 @@
 """VLMEvalKit's rule-based scoring per benchmark kind: vanilla and circular multiple choice, HallusionBench's
 aAcc / fAcc / qAcc, MathVista's prefetch rules (our own judge-free metric, `mathvista_rule_based`), and MMVet left
-to a judge. Each scorer returns per-row results and the tables VLMEvalKit writes."""
+to a judge; and our synthetic reasoning set (option letters, or the normalised open answer). Each scorer returns
+per-row results and the tables VLMEvalKit writes."""
 from __future__ import annotations
 
 import ast
@@ -10,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from llavao1_jax.evaluate.benchmarks import MC_KINDS, Benchmark, Row
-from llavao1_jax.evaluate.extraction import extract_option, extract_yes_no
+from llavao1_jax.evaluate.extraction import extract_option, extract_yes_no, normalised_answer
 
 CIRCULAR_STRIDE = 1_000_000
 # VLMEvalKit's column names for MMBench's l2 categories in `*_acc.csv`.
@@ -81,6 +82,12 @@ def score_row(kind: str, row: Row, prediction: str, rules: str) -> tuple[str | N
     if kind == "hallusionbench":
         extracted = extract_yes_no(prediction)
         return extracted, extracted == row.answer, extracted == "Unknown"
+    if kind == "synthetic_reasoning":  # our own set: no judge; choice rows by letter, open rows by exact match
+        if row.options:
+            extracted = extract_option(prediction, row.options, rules)
+            return extracted, extracted == row.answer, False
+        extracted = normalised_answer(prediction)
+        return extracted, extracted == normalised_answer(row.answer), False
     if kind == "mathvista":
         extracted, hit = mathvista_prefetch(row, prediction, rules)
         return extracted, hit, extracted is None
@@ -93,9 +100,9 @@ def _row_results(bench: Benchmark, answers: dict[str, str], rules: str) -> list[
 
 
 def score_multiple_choice(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
-    """Vanilla multiple choice (MMStar, AI2D), or circular for MMBench: a question counts only when every rotation
-    in its group (`g_index`, else `index % 1_000_000`) is inferred and right; accuracy is over the groups. As in
-    VLMEvalKit, a group is scored only when its base row (the one whose index is the group's key) is present, and it
+    """Vanilla multiple choice (MMStar, AI2D; also our synthetic set, row by row), or circular for MMBench: a
+    question counts only when every rotation in its group (`g_index`, else `index % 1_000_000`) is inferred and
+    right; accuracy is over the groups. As in VLMEvalKit, a group is scored only when its base row (the one whose index is the group's key) is present, and it
     takes that row's category and split."""
     results = _row_results(bench, answers, rules)
     if bench.kind == "mmbench":
@@ -206,7 +213,7 @@ def score_mmvet(bench: Benchmark, answers: dict[str, str]) -> Scores:
 
 def score_rows(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
     """Scores `answers` (keyed by `str(index)`, one per row) against `bench` by its kind's rules."""
-    if bench.kind in MC_KINDS:
+    if bench.kind in (*MC_KINDS, "synthetic_reasoning"):
         return score_multiple_choice(bench, answers, rules)
     if bench.kind == "hallusionbench":
         return score_hallusionbench(bench, answers)
