@@ -62,9 +62,11 @@ def test_prompt_is_the_trainers(built, processor, tmp_path):
         assert ev.question_prompt(row, bench.kind) == row.question
 
 
-def test_missing_split_is_a_clear_error(built, tmp_path):
+def test_missing_dataset_or_split_is_a_clear_error(built, tmp_path):
     with pytest.raises(ValueError, match="no synthetic_reasoning split 'validation'"):
         write_synthetic_benchmark(built, tmp_path / "synthetic_reasoning_x.tsv", split="validation")
+    with pytest.raises(ValueError, match="holds no built synthetic_reasoning dataset"):
+        write_synthetic_benchmark(tmp_path / "empty", tmp_path / "synthetic_reasoning_x.tsv")
     assert not (tmp_path / "synthetic_reasoning_x.tsv").exists()
 
 

@@ -47,9 +47,12 @@ def write_synthetic_benchmark(data_dir: str | Path, path: str | Path, split: str
     whole or not at all. Name the file `synthetic_reasoning*.tsv` so that its kind is recognised."""
     import tensorflow_datasets as tfds  # only here: reading benchmarks and scoring need no TFDS
 
+    if not tfds.builder("synthetic_reasoning", data_dir=str(data_dir)).is_prepared():
+        raise ValueError(f"{data_dir}: holds no built synthetic_reasoning dataset (build it with python -m "
+                         f"llavao1_jax.data.build synthetic_reasoning ... --data-dir {data_dir})")
     try:
         source = tfds.data_source("synthetic_reasoning", split=split, data_dir=str(data_dir))
-    except Exception as error:  # TFDS raises several types for a missing dataset or split
+    except ValueError as error:  # an unknown split
         raise ValueError(f"{data_dir}: no synthetic_reasoning split {split!r} to read ({error})") from None
     count = len(source) if limit is None else min(limit, len(source))
     table = pd.DataFrame([benchmark_row(i, source[i]) for i in range(count)], columns=list(COLUMNS))
