@@ -36,7 +36,8 @@ def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def report(bench: Benchmark, scores: Scores, rules: str, answer_from: str, format_validity: float) -> dict:
+def report(bench: Benchmark, scores: Scores, rules: str, answer_from: str,
+           format_validity: float | None) -> dict:
     """The summary dict (percent): benchmark, kind, rules, answer_from, n, overall, by_category, by_l2_category,
     plus the kind's own keys (HallusionBench aAcc / fAcc / qAcc, MMBench questions, a `metric` label),
     `needs_judge`, the number of rows VLMEvalKit would send to its GPT judge, and `format_validity`, the percent of
@@ -106,8 +107,9 @@ def score(benchmark: str | Path | Benchmark, predictions: str | Path | dict, rul
           **read_options) -> dict:
     """Scores a prediction file (our jsonl, or VLMEvalKit's xlsx / tsv) against a benchmark TSV by VLMEvalKit's
     rule-based path and returns the report (see `report`; `format_validity` is over the full outputs).
-    `answer_from="conclusion"` scores the `<CONCLUSION>` body, `"full"` the whole output as VLMEvalKit would. With `workdir`, also writes the files of `write_outputs`;
-    `extra_summary` adds keys to the report. `read_options` go to `read_benchmark` (name, kind, keep_none_options)."""
+    `answer_from="conclusion"` scores the `<CONCLUSION>` body, `"full"` the whole output as VLMEvalKit would. With
+    `workdir`, also writes the files of `write_outputs`; `extra_summary` adds keys to the report. `read_options` go
+    to `read_benchmark` (name, kind, keep_none_options)."""
     if rules not in RULES:
         raise ValueError(f"unknown rules {rules!r}; expected one of {RULES}")
     if answer_from not in ANSWER_FROM:

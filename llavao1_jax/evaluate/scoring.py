@@ -102,8 +102,8 @@ def _row_results(bench: Benchmark, answers: dict[str, str], rules: str) -> list[
 def score_multiple_choice(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
     """Vanilla multiple choice (MMStar, AI2D; also our synthetic set, row by row), or circular for MMBench: a
     question counts only when every rotation in its group (`g_index`, else `index % 1_000_000`) is inferred and
-    right; accuracy is over the groups. As in VLMEvalKit, a group is scored only when its base row (the one whose index is the group's key) is present, and it
-    takes that row's category and split."""
+    right; accuracy is over the groups. As in VLMEvalKit, a group is scored only when its base row (the one whose
+    index is the group's key) is present, and it takes that row's category and split."""
     results = _row_results(bench, answers, rules)
     if bench.kind == "mmbench":
         groups = collections.defaultdict(list)
