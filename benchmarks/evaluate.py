@@ -4,7 +4,8 @@ prompts already preprocessed, at the same batch, same process.
 
 The mid-size config with random weights (benchmarks/generate.py's), float32, the real Llama-3.2-Vision processor with
 224-px tiles, an MMStar-layout TSV of --rows questions with one 448-px image each (four tiles). The random model
-rarely stops early, so both sides generate the same tokens (printed; they must match). Each side runs once to
+rarely stops early, so both sides generate the same tokens (printed, the runner's from its predictions'
+`generated_tokens`; they must match). Each side runs once to
 compile, then the two take turns --repeats times, each timed over all rows (the best pass counts).
 
     python benchmarks/evaluate.py [--rows 16] [--batch 8] [--stage-tokens 16] [--repeats 2]
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import json
 import sys
 import tempfile
 import time
@@ -103,13 +105,13 @@ def main():
             passes.append((seconds, runner_pass(eval_config, Path(tmp) / f"timed{repeat}", generator, processor,
                                                 search_config)))
         bare_s, run_s = (min(side) for side in zip(*passes))
-        outputs = ev.read_predictions(Path(tmp) / "timed0" / "predictions.jsonl")
-        run_tokens = sum(len(processor.tokenizer.encode(text, add_special_tokens=False)) for text in outputs.values())
+        lines = (Path(tmp) / "timed0" / "predictions.jsonl").read_text().splitlines()
+        run_tokens = round(sum(json.loads(line)["generated_tokens"] for line in lines))
     print(f"\n{args.rows} rows, batch {args.batch}, greedy, {4 * args.stage_tokens} new tokens per row at most; "
           f"mid config on {jax.devices()[0].platform}")
     print("| side | seconds | rows/s | tokens |\n|---|---|---|---|")
     print(f"| bare generate | {bare_s:.2f} | {args.rows / bare_s:.2f} | {bare_tokens} |")
-    print(f"| evaluation runner | {run_s:.2f} | {args.rows / run_s:.2f} | {run_tokens} (re-encoded) |")
+    print(f"| evaluation runner | {run_s:.2f} | {args.rows / run_s:.2f} | {run_tokens} |")
     print(f"runner overhead: {100 * (run_s / bare_s - 1):+.1f}% (passes, bare / runner s: "
           f"{', '.join(f'{b:.2f} / {r:.2f}' for b, r in passes)})")
 

@@ -16,6 +16,7 @@ from evaluate_files import eval_config, png_base64, write_tsv
 from scripted_generator import ScriptedGenerator
 
 SEED, SIZE = 3, 32
+STAGES = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")
 
 
 @pytest.fixture(scope="module")
@@ -109,13 +110,14 @@ def test_runner_with_a_prebuilt_generator(processor, tmp_path):
     # written tagged, the conclusion being the right answer for every second row and "wrong" for the others.
     answers = {f"Question {i}?": a for i, _, a, *_ in ROWS}
 
-    def writer(prompt, copy):
-        stage = ("SUMMARY", "CAPTION", "REASONING", "CONCLUSION")[sum(f"</{s}>" in prompt for s in
-                                                                     ("SUMMARY", "CAPTION", "REASONING"))]
-        question = next(q for q in answers if q in prompt)
+    def stage_text(stage, question):
         body = (answers[question] if int(question.split()[1][:-1]) % 2 == 0 else "wrong") \
             if stage == "CONCLUSION" else "text"
         return f"<{stage}> {body} </{stage}>"
+
+    def writer(prompt, copy):
+        stage = STAGES[sum(f"</{s}>" in prompt for s in STAGES[:3])]
+        return stage_text(stage, next(q for q in answers if q in prompt))
 
     config = eval_config(benchmark=str(_synthetic_tsv(tmp_path)), batch_size=3)
     config.search.method, config.search.n, config.search.max_stage_tokens = "stage", 1, 16
@@ -123,3 +125,8 @@ def test_runner_with_a_prebuilt_generator(processor, tmp_path):
                   lj.SearchConfig.from_dict(config.search.to_dict()))
     assert (summary["kind"], summary["n"], summary["overall"]) == ("synthetic_reasoning", 8, 50.0)
     assert summary["format_validity"] == 100.0
+    # One candidate per stage and no judge calls: the tokens generated are those of the four stage texts.
+    written = [len(processor.tokenizer.encode(stage_text(stage, question), add_special_tokens=False))
+               for question in answers for stage in STAGES]
+    assert summary["tokens_per_question"] == pytest.approx(sum(written) / len(answers))
+    assert summary["seconds_per_question"] > 0
