@@ -37,6 +37,7 @@ EXTRAS = {
 }
 
 CONSOLE_SCRIPTS = [
+    "llavao1-evaluate = llavao1_jax.evaluate.__main__:run",
     "llavao1-generate = llavao1_jax.cli.generate:main",
     "llavao1-infer = llavao1_jax.infer:main",
     "llavao1-train = llavao1_jax.train.__main__:run",

@@ -1,6 +1,7 @@
 """Helpers for the ml_collections configs in configs/ (big_vision style `get_config(arg)`)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -25,3 +26,16 @@ def write_config(config: ml_collections.ConfigDict, workdir: str | Path) -> Path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config.to_dict(), indent=2, default=str))
     return path
+
+
+def load_config_module(path: str | Path):
+    """The config file at `path` imported as a module (its `get_config`, and `sweep` where it defines one)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such config file")
+    spec = importlib.util.spec_from_file_location(f"config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not callable(getattr(module, "get_config", None)):
+        raise ValueError(f"{path}: defines no get_config(arg)")
+    return module

@@ -1,8 +1,11 @@
 """Small benchmark TSVs in VLMEvalKit's exact layouts (tab-separated, header first, cells quoted only where they hold
-a tab, newline or quote, as pandas' `to_csv` writes them), with base64 PNG images of one flat colour each."""
+a tab, newline or quote, as pandas' `to_csv` writes them), with base64 PNG images of one flat colour each; and
+configs/eval.py's config with small search budgets, for runner tests."""
 import base64
 import csv
+import importlib.util
 import io
+from pathlib import Path
 
 from PIL import Image
 
@@ -34,3 +37,16 @@ def write_tsv(path, rows, header=None):
         writer.writerow(header)
         writer.writerows([str(row.get(c, "")) for c in header] for row in rows)
     return path
+
+
+def eval_config(**overrides):
+    """configs/eval.py's config with stage budgets of 3 tokens, then `overrides`."""
+    spec = importlib.util.spec_from_file_location("eval_config", Path(__file__).resolve().parents[1] / "configs" /
+                                                  "eval.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.search.max_stage_tokens = 3
+    config.search.judge_max_tokens = 3
+    config.update(overrides)
+    return config

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from llavao1_jax import evaluate as ev
-from evaluate_files import png_base64, write_tsv
+from evaluate_files import HEADERS, png_base64, write_tsv
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -113,15 +113,18 @@ def test_image_lists_and_jpeg_round_trip(tmp_path):
     assert not np.array_equal(png, jpeg)
 
 
-def test_ai2d_reads_image_path_when_no_image(tmp_path):
+def test_ai2d_reads_image_path_when_the_file_has_no_image_column(tmp_path):
     Image.new("RGB", (4, 4), GREEN).save(tmp_path / "7.png")
-    path = write_tsv(tmp_path / "AI2D_TEST.tsv", [
-        dict(index=7, question="Which label?", A="leaf", B="stem", C="root", D="flower", answer="C",
-             category="parts", abcLabel="False", image_path="7.png")])
-    row = ev.read_benchmark(path)[0]
+    rows = [dict(index=7, question="Which label?", A="leaf", B="stem", C="root", D="flower", answer="C",
+                 category="parts", abcLabel="False", image_path="7.png")]
+    header = [c for c in HEADERS["AI2D_TEST"] if c != "image"]
+    row = ev.read_benchmark(write_tsv(tmp_path / "AI2D_TEST.tsv", rows, header))[0]
     assert _pixel(row.image()) == GREEN
     assert row.options == {"A": "leaf", "B": "stem", "C": "root", "D": "flower"}
     assert row.fields["abcLabel"] is False  # pandas reads the column as booleans, as VLMEvalKit does
+    # With an `image` column, VLMEvalKit drops the rows whose image is empty, image_path or not.
+    bench = ev.read_benchmark(write_tsv(tmp_path / "AI2D_TEST.tsv", rows))
+    assert (len(bench), bench.dropped) == (0, (7,))
 
 
 def test_hallusionbench_string_indices_and_groups(tmp_path):

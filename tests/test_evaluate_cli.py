@@ -35,3 +35,13 @@ def test_missing_predictions_key_is_a_usage_error(tmp_path):
     run = _run("--config.benchmark=x.tsv", f"--workdir={tmp_path / 'w'}")
     assert run.returncode != 0 and "exactly one of --config.predictions" in run.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_console_script_points_at_the_cli():
+    # setup.py's `llavao1-evaluate` entry names a function that runs this same command line.
+    line = next(line for line in (ROOT / "setup.py").read_text().splitlines() if "llavao1-evaluate =" in line)
+    module, function = line.split("=")[1].strip().strip('",').split(":")
+    run = subprocess.run([sys.executable, "-c", f"import sys; sys.argv = ['llavao1-evaluate', '--helpfull']; "
+                          f"from {module} import {function}; {function}()"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)
+    assert "--workdir: folder for the config, predictions" in run.stdout and "configs/eval.py" in run.stdout

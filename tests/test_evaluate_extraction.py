@@ -46,6 +46,23 @@ def test_can_infer_text_head_length_limit():
     assert ev.extract_option(long, {"A": "red", "B": "blue"}, rules="head") is None
 
 
+def test_can_infer_text_head_measures_the_lower_cased_answer():
+    # VLMEvalKit lower-cases the answer before the length check: "İ" becomes two characters ("i" and a combining
+    # dot), so this 10-character answer is 16 long when checked, over 2 * len("cat" + "dog") = 12.
+    answer = "İİİİİİ cat"
+    assert len(answer) == 10 and len(answer.lower()) == 16
+    assert ev.extract_option(answer, {"A": "cat", "B": "dog"}, rules="p24") == "A"
+    assert ev.extract_option(answer, {"A": "cat", "B": "dog"}, rules="head") is None
+
+
+def test_can_infer_letter_outside_the_window_still_tries_text_and_regex():
+    # HEAD: a lone letter that is not among the last four tokens gives nothing by letter (and no "Z" check), but
+    # the "answer is" regex and the option texts are still tried.
+    assert ev.extract_option("the answer is B and I am sure of it", {"A": "x", "B": "y"}, rules="head") == "B"
+    assert ev.extract_option("B, I think, as it is a red one", {"A": "a red one", "B": "a blue one"},
+                             rules="head") == "A"
+
+
 def test_unknown_rules_is_an_error():
     with pytest.raises(ValueError, match="unknown can_infer rules 'v2'"):
         ev.extract_option("A", COLOURS, rules="v2")

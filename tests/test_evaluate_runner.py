@@ -2,10 +2,8 @@
 and VLMEvalKit's prediction file; an interrupted run resumes to the same file without duplicates; undecodable
 images are skipped and counted, or fatal with `strict`."""
 import base64
-import importlib.util
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,21 +12,8 @@ import pytest
 
 import llavao1_jax as lj
 from llavao1_jax.evaluate.runner import run
-from evaluate_files import write_tsv
+from evaluate_files import eval_config as _eval_config, write_tsv
 from tiny_model import tiny_model_and_processor
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _eval_config(**overrides):
-    spec = importlib.util.spec_from_file_location("eval_config", ROOT / "configs" / "eval.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
-    config.search.max_stage_tokens = 3
-    config.search.judge_max_tokens = 3
-    config.update(overrides)
-    return config
 
 
 def _noise_base64(seed):
@@ -64,7 +49,8 @@ def test_greedy_run_resumes_after_interruption(setup, tmp_path):
     full = (tmp_path / "full" / "predictions.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in full]
     assert [r["index"] for r in records] == [0, 1, 2]
-    assert set(records[0]) == {"index", "output", "conclusion", "extracted", "hit", "tokens", "seconds"}
+    assert set(records[0]) == {"index", "output", "conclusion", "extracted", "hit", "tokens", "generated_tokens",
+                               "seconds"}
     assert all(1 <= r["tokens"] <= 64 and r["seconds"] > 0 for r in records)
     assert summary["n"] == 3 and summary["rows_run"] == 3
     assert summary["overall"] == pytest.approx(100 * np.mean([r["hit"] for r in records]))
@@ -98,11 +84,18 @@ def test_stage_search_run_skips_and_counts_undecodable_images(setup, tmp_path):
 def test_strict_run_fails_on_an_undecodable_image_before_generating(bench, tmp_path):
     config = _eval_config(benchmark=str(bench), batch_size=4, strict=True)
     with pytest.raises(ValueError, match=r"MMStar.tsv: row 3, column 'image': undecodable"):
-        run(config, tmp_path, None, None, None)
+        run(config, tmp_path, None, None, _search(config))
     assert (tmp_path / "predictions.jsonl").read_text() == ""
 
 
 def test_predictions_of_other_rows_are_an_error(bench, tmp_path):
     (tmp_path / "predictions.jsonl").write_text(json.dumps({"index": 42, "output": "A"}) + "\n")
     with pytest.raises(ValueError, match=r"index\(es\) \['42'\] are not among the rows"):
-        run(_eval_config(benchmark=str(bench)), tmp_path, None, None, None)
+        run(_eval_config(benchmark=str(bench)), tmp_path, None, None, _search(_eval_config()))
+
+
+def test_search_batches_smaller_than_the_runners_are_an_error(bench, tmp_path):
+    config = _eval_config(benchmark=str(bench), batch_size=4)
+    config.search.batch_questions = 2
+    with pytest.raises(ValueError, match=r"config.search.batch_questions \(2\) is below config.batch_size \(4\)"):
+        run(config, tmp_path, None, None, _search(config))

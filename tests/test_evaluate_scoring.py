@@ -29,15 +29,17 @@ def _mmstar(tmp_path):
 
 
 # hit, hit? row by row: A right; C for B wrong; "The answer is C." right; D right; nothing inferable: wrong, judge.
-MMSTAR_OUTPUTS = {0: _tagged("A"), 1: _tagged("C"), 2: _tagged("The answer is C."), 3: _tagged("D"),
-                  4: _tagged("hmm")}
+# Format: rows 0-2 tagged in order; row 3 misses </CAPTION>; row 4 has CAPTION before SUMMARY: 3 of 5 valid.
+MMSTAR_OUTPUTS = {0: _tagged("A"), 1: _tagged("C"), 2: _tagged("The answer is C."),
+                  3: _tagged("D").replace("</CAPTION>", ""),
+                  4: "<CAPTION>c</CAPTION> <SUMMARY>s</SUMMARY> <REASONING>r</REASONING> <CONCLUSION>hmm</CONCLUSION>"}
 
 
 def test_mmstar_vanilla_accuracy_and_files(tmp_path):
     report = ev.score(_mmstar(tmp_path), _jsonl(tmp_path / "p.jsonl", MMSTAR_OUTPUTS), workdir=tmp_path / "w")
     assert report == {"benchmark": "MMStar", "kind": "mmstar", "rules": "p24", "answer_from": "conclusion", "n": 5,
                       "overall": pytest.approx(60.0), "by_category": {"math": 50.0, "science": pytest.approx(200 / 3)},
-                      "by_l2_category": {}, "questions": 5, "needs_judge": 1}
+                      "by_l2_category": {}, "questions": 5, "needs_judge": 1, "format_validity": 60.0}
     assert (tmp_path / "w" / "MMStar_acc.csv").read_text() == \
         "split,Overall,math,science\nnone,0.6,0.5,0.6666666666666666\n"
     with open(tmp_path / "w" / "MMStar_judge_input.tsv") as f:
@@ -133,6 +135,35 @@ def test_mathvista_prefetch_rules(tmp_path):
         overall = next(csv.DictReader(f))
     assert overall == {"Task&Skill": "Overall", "tot": "6", "prefetch": "4", "hit": "3",
                        "prefetch_rate": str(400 / 6), "acc": "50.0"}
+
+
+def test_mathvista_right_zero_is_left_to_the_judge_and_table_order(tmp_path):
+    # VLMEvalKit's prefetch returns the parsed number and tests its truth: a right "0" is not prefetched. The
+    # score table lists keys as VLMEvalKit first meets them: Overall, the first row's skills, its task, ...
+    common = dict(image=IMAGE, precision="", question="q", question_type="free_form", answer_option="",
+                  choices="")
+    rows = [dict(common, index=1, answer="0", answer_type="integer", task="fqa", skills="['statistical reasoning']"),
+            dict(common, index=2, answer="2", answer_type="integer", task="mwp", skills="arithmetic reasoning")]
+    path = write_tsv(tmp_path / "MathVista_MINI.tsv", rows)
+    report = ev.score(path, {1: "0", 2: "2"}, workdir=tmp_path / "w")
+    assert (report["overall"], report["needs_judge"]) == (50.0, 1)
+    with open(tmp_path / "w" / "MathVista_MINI_score.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(line["Task&Skill"], line["prefetch"], line["hit"]) for line in table] == [
+        ("Overall", "1", "1"), ("statistical reasoning", "0", "0"), ("fqa", "0", "0"),
+        ("arithmetic reasoning", "1", "1"), ("mwp", "1", "1")]
+
+
+def test_mmbench_group_without_its_base_row_is_left_out(tmp_path):
+    # VLMEvalKit scores a circular group from its base row (index == g_index); rotations whose base row is absent
+    # are not scored at all.
+    common = dict(question="q", **{"l2-category": "coarse_perception"}, split="dev", A="p", B="q", image=IMAGE)
+    path = write_tsv(tmp_path / "MMBench_DEV_EN_V11.tsv", [
+        dict(common, index=0, answer="A", category="ocr"), dict(common, index=1_000_000, answer="B", category="ocr"),
+        dict(common, index=1_000_001, answer="A", category="scene")])
+    report = ev.score(path, {0: "A", 1_000_000: "B", 1_000_001: "A"})
+    assert (report["n"], report["questions"], report["overall"]) == (3, 1, 100.0)
+    assert report["by_category"] == {"ocr": 100.0}
 
 
 def test_mmvet_goes_to_the_judge_file(tmp_path):

@@ -1,4 +1,5 @@
-"""Evaluation on a VLMEvalKit benchmark TSV (configs/eval.py): run a model, or rescore a prediction file.
+"""Evaluation on a VLMEvalKit benchmark TSV (configs/eval.py): run a model, or rescore a prediction file
+(`llavao1-evaluate` is the same command).
 
     python -m llavao1_jax.evaluate --config configs/eval.py --config.benchmark=PATH.tsv --config.model=DIR \
         --workdir W [--config.search.method=stage --config.search.n=2] [--config.limit=N]
@@ -55,5 +56,10 @@ def main(argv):
     print(format_report(report))
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `llavao1-evaluate` console script."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 
 from llavao1_jax.evaluate.benchmarks import Benchmark, read_benchmark
-from llavao1_jax.evaluate.extraction import RULES, conclusion
+from llavao1_jax.evaluate.extraction import RULES, conclusion, format_valid
 from llavao1_jax.evaluate.predictions import read_predictions
 from llavao1_jax.evaluate.scoring import Scores, score_rows
 
@@ -17,7 +17,8 @@ ANSWER_FROM = ("conclusion", "full")
 JUDGE_COLUMNS = ("index", "question", "answer", "prediction", "category")
 
 
-def _matched_answers(bench: Benchmark, outputs: dict[str, str], source: str, answer_from: str) -> dict[str, str]:
+def _matched_outputs(bench: Benchmark, outputs: dict[str, str], source: str) -> dict[str, str]:
+    """The full output of every benchmark row, by `str(index)`; an error for missing or unknown indices."""
     known = bench.by_index()
     dropped = {str(i) for i in bench.dropped}  # rows without an image: their predictions are ignored, as there
     unknown = [k for k in outputs if k not in known and k not in dropped]
@@ -28,23 +29,26 @@ def _matched_answers(bench: Benchmark, outputs: dict[str, str], source: str, ans
     if absent:
         raise ValueError(f"{source}: no prediction for {len(absent)} of the {len(known)} rows of {bench.path} "
                          f"(first: {absent[:5]})")
-    return {k: conclusion(outputs[k]) if answer_from == "conclusion" else outputs[k] for k in known}
+    return {k: outputs[k] for k in known}
 
 
 def _clean(value):
     return None if isinstance(value, float) and math.isnan(value) else value
 
 
-def report(bench: Benchmark, scores: Scores, rules: str, answer_from: str) -> dict:
+def report(bench: Benchmark, scores: Scores, rules: str, answer_from: str,
+           format_validity: float | None) -> dict:
     """The summary dict (percent): benchmark, kind, rules, answer_from, n, overall, by_category, by_l2_category,
-    plus the kind's own keys (HallusionBench aAcc / fAcc / qAcc, MMBench questions, a `metric` label) and
-    `needs_judge`, the number of rows VLMEvalKit would send to its GPT judge."""
+    plus the kind's own keys (HallusionBench aAcc / fAcc / qAcc, MMBench questions, a `metric` label),
+    `needs_judge`, the number of rows VLMEvalKit would send to its GPT judge, and `format_validity`, the percent of
+    full outputs with the four stage tags in order (`extraction.format_valid`)."""
     out = {"benchmark": bench.name, "kind": bench.kind, "rules": rules, "answer_from": answer_from,
            "n": len(scores.rows), "overall": _clean(scores.overall),
            "by_category": {k: _clean(v) for k, v in scores.by_category.items()},
            "by_l2_category": {k: _clean(v) for k, v in scores.by_l2_category.items()}}
     out.update(scores.extra)
     out["needs_judge"] = sum(r.needs_judge for r in scores.rows)
+    out["format_validity"] = format_validity
     return out
 
 
@@ -56,7 +60,8 @@ def format_report(summary: dict) -> str:
     label = summary.get("metric", "accuracy")
     lines = [f"{summary['benchmark']} ({summary['kind']}, rules {summary['rules']}, answer from "
              f"{summary['answer_from']}): {summary['n']} rows, {summary['needs_judge']} need a judge",
-             f"  {'overall ' + label:<40}{cell(summary['overall'])}"]
+             f"  {'overall ' + label:<40}{cell(summary['overall'])}",
+             f"  {'format validity (four stage tags)':<40}{cell(summary['format_validity'])}"]
     lines += [f"  {k:<40}{cell(summary[k])}" for k in ("aAcc", "fAcc", "qAcc") if k in summary]
     for group in ("by_category", "by_l2_category"):
         lines += [f"  {name:<40}{cell(value)}" for name, value in summary[group].items()]
@@ -101,9 +106,10 @@ def score(benchmark: str | Path | Benchmark, predictions: str | Path | dict, rul
           answer_from: str = "conclusion", workdir: str | Path | None = None, extra_summary: dict | None = None,
           **read_options) -> dict:
     """Scores a prediction file (our jsonl, or VLMEvalKit's xlsx / tsv) against a benchmark TSV by VLMEvalKit's
-    rule-based path and returns the report (see `report`). `answer_from="conclusion"` scores the `<CONCLUSION>` body,
-    `"full"` the whole output as VLMEvalKit would. With `workdir`, also writes the files of `write_outputs`;
-    `extra_summary` adds keys to the report. `read_options` go to `read_benchmark` (name, kind, keep_none_options)."""
+    rule-based path and returns the report (see `report`; `format_validity` is over the full outputs).
+    `answer_from="conclusion"` scores the `<CONCLUSION>` body, `"full"` the whole output as VLMEvalKit would. With
+    `workdir`, also writes the files of `write_outputs`; `extra_summary` adds keys to the report. `read_options` go
+    to `read_benchmark` (name, kind, keep_none_options)."""
     if rules not in RULES:
         raise ValueError(f"unknown rules {rules!r}; expected one of {RULES}")
     if answer_from not in ANSWER_FROM:
@@ -112,8 +118,11 @@ def score(benchmark: str | Path | Benchmark, predictions: str | Path | dict, rul
     outputs = {str(k): v for k, v in predictions.items()} if isinstance(predictions, dict) \
         else read_predictions(predictions)
     source = "predictions" if isinstance(predictions, dict) else str(predictions)
-    scores = score_rows(bench, _matched_answers(bench, outputs, source, answer_from), rules)
-    summary = {**report(bench, scores, rules, answer_from), **(extra_summary or {})}
+    full = _matched_outputs(bench, outputs, source)
+    answers = {k: conclusion(text) if answer_from == "conclusion" else text for k, text in full.items()}
+    validity = 100 * sum(map(format_valid, full.values())) / len(full) if full else None
+    scores = score_rows(bench, answers, rules)
+    summary = {**report(bench, scores, rules, answer_from, validity), **(extra_summary or {})}
     if workdir is not None:
         write_outputs(workdir, bench, scores, summary)
     return summary

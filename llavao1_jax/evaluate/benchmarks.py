@@ -9,7 +9,8 @@ one (HallusionBench's stay strings). Rows without an image are dropped and liste
 
 Images are kept as their base64 text (or path) and decoded only when `Row.image()` is called. An `image` value of 64
 characters or fewer is the index of another row whose image it reuses (MMBench's circular copies); `"[...]"` is a
-list of images; AI2D's `image_path` is read (relative to the TSV's folder) when a row has no base64 image.
+list of images. A file without an `image` column is read from its `image_path` column (relative to the TSV's
+folder), as VLMEvalKit's meta-only datasets are; in a file with one, rows whose `image` is empty are dropped.
 """
 from __future__ import annotations
 
@@ -22,11 +23,13 @@ import pandas as pd
 
 from llavao1_jax.evaluate import images
 
-KINDS = ("mmstar", "mmbench", "ai2d", "hallusionbench", "mathvista", "mmvet")
+KINDS = ("mmstar", "mmbench", "ai2d", "hallusionbench", "mathvista", "mmvet", "synthetic_reasoning")
 MC_KINDS = ("mmstar", "mmbench", "ai2d")  # scored by option letter
-# VLMEvalKit dataset name prefixes (case-insensitive) and the kind each names.
+# VLMEvalKit dataset name prefixes (case-insensitive) and the kind each names; `synthetic_reasoning` is our own set
+# (llavao1_jax.evaluate.synthetic).
 _NAME_PREFIXES = (("mmbench", "mmbench"), ("mmstar", "mmstar"), ("ai2d", "ai2d"),
-                  ("hallusionbench", "hallusionbench"), ("mathvista", "mathvista"), ("mmvet", "mmvet"))
+                  ("hallusionbench", "hallusionbench"), ("mathvista", "mathvista"), ("mmvet", "mmvet"),
+                  ("synthetic_reasoning", "synthetic_reasoning"))
 REQUIRED_COLUMNS = {
     "mmstar": ("index", "question", "answer", "category"),
     "mmbench": ("index", "question", "answer", "category"),
@@ -34,7 +37,10 @@ REQUIRED_COLUMNS = {
     "hallusionbench": ("index", "question", "answer", "category", "l2-category"),
     "mathvista": ("index", "question", "answer", "question_type", "answer_type", "answer_option", "choices"),
     "mmvet": ("index", "question", "answer", "category"),
+    "synthetic_reasoning": ("index", "question", "answer", "category"),
 }
+# Our own set is read as text throughout (no pandas type inference: an option "3" stays "3").
+_TEXT_COLUMNS = {"synthetic_reasoning": ("question", "answer", "category", *string.ascii_uppercase[:4])}
 # pandas' default NA strings (pandas >= 2); VLMEvalKit reads every TSV with them.
 PANDAS_NA_STRINGS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN",
                      "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null")
@@ -116,12 +122,13 @@ def _text(value) -> str | None:
     return None if _missing(value) else str(value)
 
 
-def read_table(path: str | Path, keep_none_options: bool = False) -> pd.DataFrame:
-    """A TSV read with VLMEvalKit's pandas semantics (a literal `None` kept when `keep_none_options`)."""
+def read_table(path: str | Path, keep_none_options: bool = False, text_columns=()) -> pd.DataFrame:
+    """A TSV read with VLMEvalKit's pandas semantics (a literal `None` kept when `keep_none_options`; the
+    `text_columns` read as strings)."""
     na = dict(keep_default_na=False, na_values=[s for s in PANDAS_NA_STRINGS if s != "None"]) if keep_none_options \
         else {}
     try:
-        return pd.read_csv(path, sep="\t", **na)
+        return pd.read_csv(path, sep="\t", dtype=dict.fromkeys(text_columns, str), **na)
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: cannot read as a TSV ({error})") from None
 
@@ -154,7 +161,7 @@ def read_benchmark(path: str | Path, name: str | None = None, kind: str | None =
     kind = kind or kind_from_name(name)
     if kind not in KINDS:
         raise ValueError(f"{path}: unknown benchmark kind {kind!r}; expected one of {KINDS}")
-    table = read_table(path, keep_none_options)
+    table = read_table(path, keep_none_options, _TEXT_COLUMNS.get(kind, ()))
     missing = [c for c in REQUIRED_COLUMNS[kind] if c not in table.columns]
     if "image" not in table.columns and "image_path" not in table.columns:
         missing.append("image")
@@ -168,8 +175,8 @@ def read_benchmark(path: str | Path, name: str | None = None, kind: str | None =
     for line, record in enumerate(records, start=2):
         index = int(record["index"]) if integer_index else str(record["index"])
         where = f"{path}: line {line} (index {index!r})"
-        sources = _image_sources(where, _text(record.get("image")), _text(record.get("image_path")), by_index,
-                                 path.parent)
+        image_path = None if "image" in table.columns else _text(record.get("image_path"))
+        sources = _image_sources(where, _text(record.get("image")), image_path, by_index, path.parent)
         if not sources:
             dropped.append(index)
             continue

@@ -1,8 +1,11 @@
 """Answer extraction as VLMEvalKit's rule-based ("exact_matching") path does it: the option letter (`can_infer`,
-with the paper-era rules "p24" or today's "head"), yes/no (`YOrN_Extraction`), and the `<CONCLUSION>` body."""
+with the paper-era rules "p24" or today's "head"), yes/no (`YOrN_Extraction`), and the `<CONCLUSION>` body; plus the
+answer-format check and the open-answer normalisation of our synthetic set."""
 from __future__ import annotations
 
 import re
+
+from llavao1_jax.data.formats import StageError, parse_stages
 
 RULES = ("p24", "head")
 _REFUSALS = ("Sorry, I can't help with images of people yet.", "I can't process this file.",
@@ -44,10 +47,11 @@ def can_infer_option(answer: str, choices: dict[str, str], rules: str = "p24") -
 def can_infer_text(answer: str, choices: dict[str, str], rules: str = "p24") -> str | None:
     """The letter of the only option whose text appears (case-insensitively) in `answer`, else None."""
     _check_rules(rules)
-    texts = {letter: str(text).lower() for letter, text in choices.items()}
-    if rules == "head" and len(answer) > 2 * sum(len(t) for t in texts.values()):
-        return None
+    # HEAD compares the lower-cased answer's length with the option texts' lengths as given.
     answer = answer.lower()
+    if rules == "head" and len(answer) > 2 * sum(len(str(text)) for text in choices.values()):
+        return None
+    texts = {letter: str(text).lower() for letter, text in choices.items()}
     found = [letter for letter, text in texts.items() if text in answer]
     return found[0] if len(found) == 1 else None
 
@@ -99,3 +103,19 @@ def conclusion(text: str) -> str:
     if found:
         return found[-1].strip()
     return _LAST_CLOSED_STAGE.sub("", text, count=1).strip()
+
+
+def format_valid(text: str) -> bool:
+    """Whether `text` holds the four stage tags <SUMMARY>, <CAPTION>, <REASONING>, <CONCLUSION>, each once, opened and
+    closed, in that order (`llavao1_jax.data.formats.parse_stages`)."""
+    try:
+        parse_stages(text)
+    except StageError:
+        return False
+    return True
+
+
+def normalised_answer(text: str) -> str:
+    """An open answer compared by exact match: lower-cased, whitespace collapsed, one trailing period dropped."""
+    text = " ".join(str(text).lower().split())
+    return text[:-1].rstrip() if text.endswith(".") else text

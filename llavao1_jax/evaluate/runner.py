@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
@@ -19,6 +20,7 @@ from llavao1_jax.evaluate.extraction import conclusion
 from llavao1_jax.evaluate.predictions import read_predictions
 from llavao1_jax.evaluate.prompts import question_prompt
 from llavao1_jax.evaluate.scoring import score_row
+from llavao1_jax.json_lines import read_objects
 from llavao1_jax.search import search
 
 PREDICTIONS = "predictions.jsonl"
@@ -34,13 +36,33 @@ def resume(path: Path) -> dict[str, str]:
     return read_predictions(path)
 
 
-def _record(kind: str, row, text: str, tokens: int, seconds: float, rules: str, answer_from: str) -> dict:
+def _record(kind: str, row, text: str, tokens: int, generated: float, seconds: float, rules: str,
+            answer_from: str) -> dict:
     """One line of predictions.jsonl: the output, its conclusion, what was extracted, the hit, its token count
-    (the output re-encoded) and the seconds of its batch shared over the batch's rows."""
+    (the output re-encoded), and the tokens the search generated (candidates and judge calls) and the seconds of
+    its batch, each shared over the batch's rows."""
     body = conclusion(text)
     extracted, hit, _ = score_row(kind, row, body if answer_from == "conclusion" else text, rules)
     return {"index": row.index, "output": text, "conclusion": body, "extracted": extracted, "hit": hit,
-            "tokens": tokens, "seconds": seconds}
+            "tokens": tokens, "generated_tokens": generated, "seconds": seconds}
+
+
+def _generated_tokens(results) -> float:
+    """The tokens one `lj.search` call generated (candidates and judge calls), shared over its questions: the
+    call ran them as one batch, whose totals every result's trace holds."""
+    totals = results[0].trace["totals"]
+    return (totals["candidate_tokens"] + totals["judge_tokens"]) / len(results)
+
+
+def _per_question(path: Path, indices) -> dict:
+    """`tokens_per_question` (generated) and `seconds_per_question`: means over the rows `indices` in `path`
+    (None where a line lacks the field, as lines written before it existed do)."""
+    records = [record for _, record in read_objects(path) if str(record["index"]) in indices]
+    means = {}
+    for key, field in (("tokens_per_question", "generated_tokens"), ("seconds_per_question", "seconds")):
+        values = [record.get(field) for record in records]
+        means[key] = float(np.mean(values)) if values and None not in values else None
+    return means
 
 
 def write_vlmevalkit_predictions(bench: Benchmark, outputs: dict[str, str], path: Path, keep_none_options: bool):
@@ -59,6 +81,10 @@ def run(config, workdir: str | Path, generator, processor, search_config) -> dic
     """Answers the rows of `config.benchmark` (the first `config.limit` when set) not yet in
     `workdir/predictions.jsonl`, `config.batch_size` questions per `lj.search` call, then scores what is there.
     A row whose image cannot be decoded is skipped and counted (`config.strict`: the run fails)."""
+    if search_config.batch_questions is not None and search_config.batch_questions < config.batch_size:
+        raise ValueError(f"config.search.batch_questions ({search_config.batch_questions}) is below "
+                         f"config.batch_size ({config.batch_size}): the runner's batch_size is the number of rows "
+                         f"searched together, lower it instead")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     bench = read_benchmark(config.benchmark, name=config.name or None, kind=config.kind or None,
@@ -89,9 +115,11 @@ def run(config, workdir: str | Path, generator, processor, search_config) -> dic
                 began = time.perf_counter()
                 results = search(generator, processor, questions, search_config)
                 seconds = (time.perf_counter() - began) / len(questions)
+                generated = _generated_tokens(results)
                 for row, result in zip(chunk, results):
                     tokens = len(processor.tokenizer.encode(result.text, add_special_tokens=False))
-                    record = _record(bench.kind, row, result.text, tokens, seconds, config.rules, config.answer_from)
+                    record = _record(bench.kind, row, result.text, tokens, generated, seconds, config.rules,
+                                     config.answer_from)
                     out.write(json.dumps(record) + "\n")
                     done[str(row.index)] = result.text
                 out.flush()
@@ -99,7 +127,7 @@ def run(config, workdir: str | Path, generator, processor, search_config) -> dic
             bar.update(len(pending[start:start + config.batch_size]))
     answered = dataclasses.replace(bench, rows=tuple(row for row in rows if str(row.index) in done))
     summary = score(answered, done, rules=config.rules, answer_from=config.answer_from, workdir=workdir,
-                    extra_summary={"skipped_images": skipped, "rows_run": len(rows)})
+                    extra_summary={"skipped_images": skipped, "rows_run": len(rows), **_per_question(path, done)})
     write_vlmevalkit_predictions(bench, done, workdir / f"llavao1_jax_{bench.name}.xlsx", config.keep_none_options)
     print(format_report(summary))
     return summary

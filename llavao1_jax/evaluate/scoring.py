@@ -1,6 +1,7 @@
 """VLMEvalKit's rule-based scoring per benchmark kind: vanilla and circular multiple choice, HallusionBench's
 aAcc / fAcc / qAcc, MathVista's prefetch rules (our own judge-free metric, `mathvista_rule_based`), and MMVet left
-to a judge. Each scorer returns per-row results and the tables VLMEvalKit writes."""
+to a judge; and our synthetic reasoning set (option letters, or the normalised open answer). Each scorer returns
+per-row results and the tables VLMEvalKit writes."""
 from __future__ import annotations
 
 import ast
@@ -10,7 +11,7 @@ import dataclasses
 import numpy as np
 
 from llavao1_jax.evaluate.benchmarks import MC_KINDS, Benchmark, Row
-from llavao1_jax.evaluate.extraction import extract_option, extract_yes_no
+from llavao1_jax.evaluate.extraction import extract_option, extract_yes_no, normalised_answer
 
 CIRCULAR_STRIDE = 1_000_000
 # VLMEvalKit's column names for MMBench's l2 categories in `*_acc.csv`.
@@ -81,10 +82,15 @@ def score_row(kind: str, row: Row, prediction: str, rules: str) -> tuple[str | N
     if kind == "hallusionbench":
         extracted = extract_yes_no(prediction)
         return extracted, extracted == row.answer, extracted == "Unknown"
+    if kind == "synthetic_reasoning":  # our own set: no judge; choice rows by letter, open rows by exact match
+        if row.options:
+            extracted = extract_option(prediction, row.options, rules)
+            return extracted, extracted == row.answer, False
+        extracted = normalised_answer(prediction)
+        return extracted, extracted == normalised_answer(row.answer), False
     if kind == "mathvista":
         extracted, hit = mathvista_prefetch(row, prediction, rules)
-        fetched = extracted is not None if row.fields["question_type"] == "multi_choice" else hit
-        return extracted, hit, not fetched
+        return extracted, hit, extracted is None
     return None, False, True  # MMVet: a GPT judge only
 
 
@@ -94,16 +100,18 @@ def _row_results(bench: Benchmark, answers: dict[str, str], rules: str) -> list[
 
 
 def score_multiple_choice(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
-    """Vanilla multiple choice (MMStar, AI2D), or circular for MMBench: a question counts only when every rotation
-    in its group (`g_index`, else `index % 1_000_000`) is inferred and right; accuracy is over the groups."""
+    """Vanilla multiple choice (MMStar, AI2D; also our synthetic set, row by row), or circular for MMBench: a
+    question counts only when every rotation in its group (`g_index`, else `index % 1_000_000`) is inferred and
+    right; accuracy is over the groups. As in VLMEvalKit, a group is scored only when its base row (the one whose
+    index is the group's key) is present, and it takes that row's category and split."""
     results = _row_results(bench, answers, rules)
     if bench.kind == "mmbench":
         groups = collections.defaultdict(list)
         for result in results:
             key = result.row.fields.get("g_index")
-            groups[key if key is not None else int(result.row.index) % CIRCULAR_STRIDE].append(result)
-        items = [(min(group, key=lambda r: int(r.row.index)).row, all(r.hit for r in group))
-                 for _, group in sorted(groups.items())]
+            groups[int(key) if key is not None else int(result.row.index) % CIRCULAR_STRIDE].append(result)
+        base = {int(r.row.index): r.row for r in results}
+        items = [(base[key], all(r.hit for r in group)) for key, group in sorted(groups.items()) if key in base]
     else:
         items = [(r.row, r.hit) for r in results]
     return Scores(results, 100 * _mean([hit for _, hit in items]), _breakdown(items, lambda r: r.category),
@@ -149,9 +157,11 @@ def score_hallusionbench(bench: Benchmark, answers: dict[str, str]) -> Scores:
 
 
 def mathvista_prefetch(row: Row, prediction: str, rules: str) -> tuple[str | None, bool]:
-    """VLMEvalKit's `post_check(prefetch=True)`: (what was extracted, whether it is right). Multiple choice:
-    `can_infer` against the choices, right when it equals `answer_option`; integer / float answers: `int()` /
-    `float()` of the whole prediction equal to the answer's; text and list answers are never right (as there)."""
+    """VLMEvalKit's `post_check(prefetch=True)`: (what was prefetched, whether it is right); None when the prefetch
+    fails and VLMEvalKit would ask its judge. Multiple choice: `can_infer` against the choices, right when it equals
+    `answer_option`; integer / float answers: `int()` / `float()` of the whole prediction, prefetched only when it
+    equals the answer's and is not zero (VLMEvalKit tests the returned value's truth, so a right 0 goes to the
+    judge); text and list answers are never prefetched (as there)."""
     if row.fields["question_type"] == "multi_choice":
         letter = extract_option(prediction, row.options, rules)
         return letter, letter is not None and letter == row.fields["answer_option"]
@@ -160,14 +170,18 @@ def mathvista_prefetch(row: Row, prediction: str, rules: str) -> tuple[str | Non
         return None, False
     try:
         value = cast(prediction)
-        return str(value), value == cast(row.answer)
+        right = value == cast(row.answer)
     except ValueError:
         return None, False
+    return (str(value), True) if right and value else (None, False)
 
 
 def _skills(row: Row) -> list[str]:
+    """The row's skills: a Python-list string, or else the text itself as one skill (as VLMEvalKit reads it)."""
     value = row.fields.get("skills")
-    return list(ast.literal_eval(value)) if isinstance(value, str) and value.startswith("[") else []
+    if not isinstance(value, str):
+        return []
+    return list(ast.literal_eval(value)) if value.startswith("[") else [value]
 
 
 def score_mathvista(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
@@ -177,7 +191,7 @@ def score_mathvista(bench: Benchmark, answers: dict[str, str], rules: str) -> Sc
     results = _row_results(bench, answers, rules)
     groups = collections.defaultdict(list)
     for r in results:
-        for key in ["Overall", r.row.fields.get("task"), *_skills(r.row)]:
+        for key in ["Overall", *_skills(r.row), r.row.fields.get("task")]:  # VLMEvalKit's order of first sight
             if key is not None:
                 groups[key].append(r)
     table = []
@@ -199,7 +213,7 @@ def score_mmvet(bench: Benchmark, answers: dict[str, str]) -> Scores:
 
 def score_rows(bench: Benchmark, answers: dict[str, str], rules: str) -> Scores:
     """Scores `answers` (keyed by `str(index)`, one per row) against `bench` by its kind's rules."""
-    if bench.kind in MC_KINDS:
+    if bench.kind in (*MC_KINDS, "synthetic_reasoning"):
         return score_multiple_choice(bench, answers, rules)
     if bench.kind == "hallusionbench":
         return score_hallusionbench(bench, answers)
