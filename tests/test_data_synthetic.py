@@ -108,3 +108,15 @@ def test_example_fields():
 def test_image_size_is_checked():
     with pytest.raises(ValueError, match="image_size"):
         sr.SyntheticReasoning(image_size=8)
+
+
+def test_grid_caption_names_every_cell_in_place():
+    objects = (sr.Shape("circle", "red", 0), sr.Shape("square", "blue", 4), sr.Shape("triangle", "green", 8))
+    assert sr.scene_caption(objects, "grid") == ("Top row: a red circle, nothing, nothing. Middle row: nothing, a blue "
+                                                 "square, nothing. Bottom row: nothing, nothing, a green triangle.")
+    problem = sr.make_problem(2, "train", 5, "grid")
+    plain = sr.make_problem(2, "train", 5)
+    assert problem.objects == plain.objects and problem.reasoning == plain.reasoning  # only the caption differs
+    assert problem.caption == sr.scene_caption(plain.objects, "grid") != plain.caption
+    with pytest.raises(ValueError, match="unknown caption style 'rows'"):
+        sr.scene_caption(objects, "rows")

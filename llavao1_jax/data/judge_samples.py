@@ -50,7 +50,7 @@ def twin(problem: sr.Problem, rng) -> sr.Problem:
     raise RuntimeError(f"no problem with the question {problem.question!r} and another answer in {TWIN_DRAWS} draws")
 
 
-def _changed_caption(problem: sr.Problem, rng) -> WrongStage:
+def _changed_caption(problem: sr.Problem, rng, caption_style: str) -> WrongStage:
     objects = list(problem.objects)
     index = int(rng.integers(len(objects)))
     obj = objects[index]
@@ -62,21 +62,22 @@ def _changed_caption(problem: sr.Problem, rng) -> WrongStage:
         shape = str(rng.choice([s for s in sr.SHAPES if s != obj.shape]))
         objects[index] = dataclasses.replace(obj, shape=shape)
         reason = f"the {obj.color} shape {obj.position} is a {obj.shape}, not a {shape}"
-    return WrongStage("CAPTION", sr.scene_caption(objects), reason)
+    return WrongStage("CAPTION", sr.scene_caption(objects, caption_style), reason)
 
 
 def _answer_phrase(problem: sr.Problem, answer: str) -> str:
     return f"option {answer}" if problem.choices else answer
 
 
-def wrong_stage(problem: sr.Problem, stage: str, rng) -> WrongStage:
-    """A wrong version of `stage` of `problem` (see the module docstring), drawn with `rng`."""
+def wrong_stage(problem: sr.Problem, stage: str, rng, caption_style: str = "objects") -> WrongStage:
+    """A wrong version of `stage` of `problem` (see the module docstring), drawn with `rng`; a wrong caption is
+    written in `caption_style`."""
     if stage == "SUMMARY":
         other_type = str(rng.choice([t for t in sr.QUESTION_TYPES if t != problem.question_type]))
         return WrongStage(stage, sr.draw_problem(rng, other_type).summary,
                           f"the question {ASKS[problem.question_type]}")
     if stage == "CAPTION":
-        return _changed_caption(problem, rng)
+        return _changed_caption(problem, rng, caption_style)
     other = twin(problem, rng)
     right, wrong = _answer_phrase(problem, problem.answer), _answer_phrase(problem, other.answer)
     if stage == "REASONING":
@@ -98,18 +99,19 @@ def judge_turns(problem: sr.Problem, wrong: WrongStage, correct_response: int) -
     return parts, f"Since {wrong.reason}, I choose response {correct_response}."
 
 
-def judge_example(seed: int, index: int, num_train: int, image_size: int) -> dict:
+def judge_example(seed: int, index: int, num_train: int, image_size: int, caption_style: str = "objects") -> dict:
     """Record `index` (>= num_train) of the train split: judge record j = index - num_train (see the module
     docstring); a pure function of its arguments."""
     j = index - num_train
     if j < 0:
         raise ValueError(f"judge records start at index {num_train}, got {index}")
     source = j % num_train
-    example = sr.make_example(seed, "train", source, image_size)
-    problem = sr.make_problem(seed, "train", source)
+    example = sr.make_example(seed, "train", source, image_size, caption_style)
+    problem = sr.make_problem(seed, "train", source, caption_style)
     stage = STAGES[j % len(STAGES)]
     rng = np.random.default_rng([seed, sr.SPLITS.index("train"), index, 1])
-    parts, verdict = judge_turns(problem, wrong_stage(problem, stage, rng), 1 + (j // len(STAGES)) % 2)
+    parts, verdict = judge_turns(problem, wrong_stage(problem, stage, rng, caption_style),
+                                 1 + (j // len(STAGES)) % 2)
     example.update(id=f"train-{index:07d}", task=f"judge_{stage.lower()}", prompt_parts=list(parts),
                    conversations=[{"from": records.HUMAN, "value": "".join(parts)},
                                   {"from": records.GPT, "value": verdict}])
