@@ -8,17 +8,15 @@
 `predictions` is our predictions.jsonl or VLMEvalKit's `{model}_{dataset}.xlsx` / `.tsv`. `search` is
 configs/search.py's config (lj.SearchConfig's fields), here with method "greedy".
 """
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
+from llavao1_jax.config_utils import load_config_module
+
 
 def _search_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("search_config", Path(__file__).with_name("search.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("method=greedy")
+    return load_config_module(Path(__file__).with_name("search.py")).get_config("method=greedy")
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:

@@ -5,20 +5,17 @@ the logprob scorer and the self-judge, and SWIRES with the logprob scorer, each 
     python experiments/inference_scaling.py --workdir runs/inference_scaling \
         [--config configs/inference_scaling.py:questions=50,seeds=2] [--config.scaling.model_dir=runs/tiny_reasoner/hf]
 """
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-from llavao1_jax.config_utils import parse_arg
+from llavao1_jax.config_utils import load_config_module, parse_arg
 
 
 def get_config(arg=None):
     args = parse_arg(arg, questions=50, seeds=2, steps=300)
-    spec = importlib.util.spec_from_file_location("tiny_reasoner", Path(__file__).with_name("tiny_reasoner.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(f"questions={args.questions},steps={args.steps}")
+    config = load_config_module(Path(__file__).with_name("tiny_reasoner.py")).get_config(
+        f"questions={args.questions},steps={args.steps}")
     config.scaling = ml_collections.ConfigDict(dict(
         model_dir="",                                  # a trained reasoner's hf/ (empty: train one in the workdir)
         ns=(1, 2, 4, 8), seeds=args.seeds,

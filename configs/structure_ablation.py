@@ -3,20 +3,20 @@ steps on (a) direct answers, (b) reasoning without stage tags, (c) the four tagg
 on the same held-out questions.
 
     python experiments/structure_ablation.py --workdir runs/structure_ablation [--config configs/structure_ablation.py:steps=300]
+    python experiments/sweep.py --module llavao1_jax.main --config configs/structure_ablation.py --workdir W --print slurm
 
 `sweep` lists the three points (for experiments/sweep.py too); each point is a main-job config.
 """
-import importlib.util
 from pathlib import Path
+
+from llavao1_jax.config_utils import load_config_module
 
 FORMATS = ("direct", "untagged", "tagged")
 
 
 def get_config(arg=None):
-    spec = importlib.util.spec_from_file_location("tiny_reasoner", Path(__file__).with_name("tiny_reasoner.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config(arg)
+    """The main job's config (same arguments) with greedy decoding as the only method."""
+    config = load_config_module(Path(__file__).with_name("tiny_reasoner.py")).get_config(arg)
     config.methods = {"greedy": dict(method="greedy")}
     config.example_method = "greedy"
     return config

@@ -8,23 +8,19 @@ Everything the trainer reads is here (configs/sft_tiny.py's fields), plus `evalu
 the benchmark written by the job) and `methods` (per method, the lj.SearchConfig fields that differ from
 `evaluation.search`).
 """
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-from llavao1_jax.config_utils import parse_arg
+from llavao1_jax.config_utils import load_config_module, parse_arg
 
 
 def _config_module(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_config_module(Path(__file__).with_name(f"{name}.py"))
 
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
-    args = parse_arg(arg, steps=300, questions=100, train=4000)
+    args = parse_arg(arg, steps=300, questions=100, train=4000, stage_tokens=96, judge_tokens=32)
     c = _config_module("sft_tiny").get_config(f"steps={args.steps},batch=16")
     c.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
     c.model.preset = "small"
@@ -40,8 +36,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.evaluation.kind = "synthetic_reasoning"
     c.evaluation.dtype = "float32"
     c.evaluation.batch_size = args.questions     # every question in one lj.search call
-    c.evaluation.search.max_stage_tokens = 96
-    c.evaluation.search.judge_max_tokens = 32
+    c.evaluation.search.max_stage_tokens = args.stage_tokens
+    c.evaluation.search.judge_max_tokens = args.judge_tokens
     c.methods = ml_collections.ConfigDict({
         "greedy": dict(method="greedy"),
         "best_of_2": dict(method="best_of_n", n=2),

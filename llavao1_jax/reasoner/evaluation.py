@@ -1,7 +1,6 @@
 """One search method over the held-out split, through the evaluation runner, and the figures the main job reports."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import ml_collections
@@ -19,14 +18,12 @@ def search_config(config: ml_collections.ConfigDict, name: str) -> SearchConfig:
     return SearchConfig.from_dict(fields)
 
 
-def method_figures(summary: dict, predictions: Path) -> dict:
-    """format_validity and accuracy (percent) from the runner's summary; generated tokens (candidates and judge
-    calls) and wall seconds per question from its predictions file."""
-    records = [json.loads(line) for line in predictions.read_text().splitlines() if line]
-    mean = lambda key: sum(r[key] for r in records) / max(len(records), 1)
+def method_figures(summary: dict) -> dict:
+    """From the runner's summary: format_validity and accuracy (percent), generated tokens (candidates and judge
+    calls) and wall seconds per question, and the number of questions."""
     return {"format_validity": summary["format_validity"], "accuracy": summary["overall"],
-            "tokens_per_question": mean("generated_tokens"), "seconds_per_question": mean("seconds"),
-            "questions": len(records)}
+            "tokens_per_question": summary["tokens_per_question"],
+            "seconds_per_question": summary["seconds_per_question"], "questions": summary["n"]}
 
 
 def evaluate_method(config: ml_collections.ConfigDict, name: str, benchmark: Path, workdir: Path, generator,
@@ -35,4 +32,4 @@ def evaluate_method(config: ml_collections.ConfigDict, name: str, benchmark: Pat
     eval_config = ml_collections.ConfigDict(config.evaluation.to_dict())
     eval_config.benchmark = str(benchmark)
     summary = runner.run(eval_config, workdir, generator, processor, search_config(config, name))
-    return method_figures(summary, workdir / runner.PREDICTIONS)
+    return method_figures(summary)
