@@ -77,6 +77,7 @@ def plot(rows: list[dict], path: Path, questions: int) -> None:
 
 def run(config, workdir: Path) -> list[dict]:
     """Evaluates every point (resuming), then writes the table, results.json and the plot."""
+    from llavao1_jax.cli.generate import load_for_decoding
     from llavao1_jax.evaluate import synthetic
     from llavao1_jax.reasoner import evaluation, job, report
 
@@ -87,7 +88,7 @@ def run(config, workdir: Path) -> list[dict]:
         model_dir = workdir / "hf"
     data_dir = Path(config.data.data_dir) if config.data.data_dir else model_dir.parent / "data"
     benchmark = synthetic.write_synthetic_benchmark(data_dir, workdir / job.BENCHMARK)
-    generator, processor = job.load_reasoner(model_dir)
+    generator, processor = load_for_decoding(model_dir, config.evaluation.dtype)
     figures = []
     for series, fields in points(config.scaling):
         name = "_".join(f"{k}{v}" if k != "method" else str(v) for k, v in fields.items())

@@ -20,7 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import llavao1_jax as lj
-from llavao1_jax.cli.generate import load_processor
+from llavao1_jax.cli.generate import load_for_decoding
 from llavao1_jax.json_lines import read_objects
 from llavao1_jax.search.config import JUDGES, METHODS, VERDICTS
 from llavao1_jax.search.prompts import STAGES
@@ -75,13 +75,12 @@ def main(argv=None) -> int:
         config = lj.SearchConfig(method=args.search, n=args.n, judge=args.judge, verdict=args.verdict,
                                  max_stage_tokens=args.max_stage_tokens, judge_max_tokens=args.judge_max_tokens,
                                  batch_questions=args.batch_questions, seed=args.seed)
-        model = lj.load_pretrained(args.model, dtype=args.dtype, scan_layers=False)
-        processor = load_processor(Path(args.model), model)
+        generator, processor = load_for_decoding(args.model, args.dtype)
         start = time.perf_counter()
         step = lambda kind: print(f"[{kind} chosen, {time.perf_counter() - start:.1f} s]", file=sys.stderr)
         with tqdm(total=len(questions), desc=f"{args.search} search", unit="question", file=sys.stderr,
                   disable=len(questions) == 1) as bar:
-            results = lj.search(model, processor, questions, config,
+            results = lj.search(generator, processor, questions, config,
                                 on_batch=lambda done, total: bar.update(done - bar.n),
                                 on_step=step if len(questions) == 1 else None)
     except (FileNotFoundError, ValueError) as error:

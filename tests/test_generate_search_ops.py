@@ -1,6 +1,5 @@
 """Engine operations the searches build on: prompts prefilled against images already encoded, per-token
 log-probabilities of appended text, selected rows that keep sharing their image, and cache compaction."""
-import jax
 import numpy as np
 import pytest
 

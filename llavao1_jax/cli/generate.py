@@ -51,6 +51,16 @@ def load_processor(model_dir: Path, model) -> Processor:
     return Processor.llama3_2_vision(tile_size=vision.image_size, max_image_tiles=vision.max_num_tiles)
 
 
+def load_for_decoding(model_dir: str | Path, dtype: str) -> tuple[inference.Generator, Processor]:
+    """A checkpoint's `Generator` (per-layer layout; restricted to the task vocabulary saved beside a model trained
+    with one, `train/task_vocab.py`) and its processor."""
+    from llavao1_jax.train import task_vocab
+
+    model = lj.load_pretrained(model_dir, dtype=dtype, scan_layers=False)  # the layout decoding reads
+    generator = inference.Generator(model, allowed_token_ids=task_vocab.load(model_dir))
+    return generator, load_processor(Path(model_dir), model)
+
+
 def prompt_text(processor: Processor, args) -> str:
     if args.raw:
         return args.prompt
@@ -84,11 +94,10 @@ def stream(generator: inference.Generator, processor: Processor, batch: dict, ar
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        model = lj.load_pretrained(args.model, dtype=args.dtype, scan_layers=False)  # the layout decoding reads
-        processor = load_processor(Path(args.model), model)
+        generator, processor = load_for_decoding(args.model, args.dtype)
         batch = processor(images=[args.image] if args.image else None, text=prompt_text(processor, args))
         start = time.perf_counter()
-        result = stream(inference.Generator(model), processor, batch, args)
+        result = stream(generator, processor, batch, args)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

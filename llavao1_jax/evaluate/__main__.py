@@ -28,14 +28,13 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "folder for the config, predicti
 def _run_model(config, workdir):
     # The model side (jax) is imported only when a model runs: rescoring stays light.
     import llavao1_jax as lj
-    from llavao1_jax.cli.generate import load_processor
+    from llavao1_jax.cli.generate import load_for_decoding
     from llavao1_jax.cli.quiet import quiet_library_logs
     from llavao1_jax.evaluate.runner import run
 
     quiet_library_logs()
-    model = lj.load_pretrained(config.model, dtype=config.dtype, scan_layers=False)
-    search_config = lj.SearchConfig.from_dict(config.search.to_dict())
-    run(config, workdir, lj.Generator(model), load_processor(Path(config.model), model), search_config)
+    generator, processor = load_for_decoding(config.model, config.dtype)
+    run(config, workdir, generator, processor, lj.SearchConfig.from_dict(config.search.to_dict()))
 
 
 def main(argv):

@@ -45,15 +45,6 @@ def train_once(config: ml_collections.ConfigDict, workdir: Path) -> dict:
     return scalars
 
 
-def load_reasoner(model_dir: Path):
-    """(Generator restricted to the model's task vocabulary, processor) of an exported model."""
-    import llavao1_jax as lj
-    from llavao1_jax.train import task_vocab
-
-    model = lj.load_pretrained(model_dir, dtype="float32", scan_layers=False)
-    return lj.Generator(model, allowed_token_ids=task_vocab.load(model_dir)), lj.Processor.from_pretrained(model_dir)
-
-
 def method_names(config: ml_collections.ConfigDict) -> list[str]:
     """The names of `config.methods` in table order: by method (`METHOD_ORDER`), then by N."""
     for name, fields in config.methods.items():
@@ -65,12 +56,13 @@ def method_names(config: ml_collections.ConfigDict) -> list[str]:
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     """Runs (or resumes) the main job in `workdir`; returns results.json's content."""
+    from llavao1_jax.cli.generate import load_for_decoding
     from llavao1_jax.evaluate import synthetic
 
     workdir = Path(workdir)
     write_config(config, workdir)
     scalars = train_once(config, workdir)
-    generator, processor = load_reasoner(workdir / "hf")
+    generator, processor = load_for_decoding(workdir / "hf", config.evaluation.dtype)
     data_dir = workdir / "data"
     benchmark = synthetic.write_synthetic_benchmark(data_dir, workdir / "eval" / BENCHMARK)
     names = method_names(config)
