@@ -205,6 +205,29 @@ def test_sharded_search_matches_one_device(setup):
     assert got == want
 
 
+def test_stacked_stage_stop_strings_end_each_stage_at_its_own_tag(setup):
+    """The one-jit search's per-stage stop-string tables, stacked and padded to common sizes, match as each
+    stage's own table does: a text ends at its stage's closing tag and at no other stage's."""
+    from llavao1_jax.inference import stop_strings
+    from llavao1_jax.inference.generator import make_stopping
+    from llavao1_jax.search.stage_program import stack_stoppings
+
+    generator, processor, _, _, _ = setup
+    alone = [make_stopping(generator.config, (), (f"</{stage}>",), processor.tokenizer, 0) for stage in STAGES]
+    stacked = stack_stoppings(alone)
+    texts = [f"<{stage}> some text </{stage}>\n\n<NEXT> more" for stage in STAGES] + ["no tag at all"]
+    ids = [processor.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    tokens = np.zeros((len(ids), max(map(len, ids))), np.int32)
+    for row, row_ids in zip(tokens, ids):
+        row[:len(row_ids)] = row_ids
+    lengths = np.asarray([len(i) for i in ids])
+    for s, table in enumerate(alone):
+        padded = jax.tree.map(lambda a: a[s], stacked).strings
+        got = np.asarray(stop_strings.first_match(padded, tokens, lengths))
+        assert got.tolist() == np.asarray(stop_strings.first_match(table.strings, tokens, lengths)).tolist()
+        assert got.tolist() == [0 if row == s else -1 for row in range(len(texts))]
+
+
 @pytest.mark.parametrize("questions, options, message", [
     ([{"question": " "}], {}, "question 0: needs a non-empty"),
     ([{"question": "a"}, {"question": "b", "image": "/no/such.png"}], {}, "question 1: unreadable image"),

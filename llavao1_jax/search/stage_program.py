@@ -84,7 +84,8 @@ class Masked:
         table = np.zeros((len(rows), max(map(len, rows))), np.int32)
         for i, ids in enumerate(rows):
             table[i, :len(ids)] = ids
-        return cls(jnp.asarray(table)[s][None], (jnp.arange(table.shape[1]) < jnp.asarray(list(map(len, rows)))[s])[None])
+        lengths = jnp.asarray([len(ids) for ids in rows])
+        return cls(jnp.asarray(table)[s][None], (jnp.arange(table.shape[1]) < lengths[s])[None])
 
     def rows(self, index: jax.Array) -> "Masked":
         return Masked(self.tokens[index], self.mask[index])
@@ -169,7 +170,8 @@ class _Work:
         k = j - lengths[:, None]
         from_closing = truncated[:, None] & (k >= 0) & (k < c)
         generated = jnp.pad(gen.tokens[:, :t], ((0, 0), (0, plan.candidate_width - t)))
-        tokens = jnp.where(from_gen, generated, jnp.where(from_closing, closing.tokens[0, jnp.clip(k, 0, width - 1)], 0))
+        closing_tokens = closing.tokens[0, jnp.clip(k, 0, width - 1)]
+        tokens = jnp.where(from_gen, generated, jnp.where(from_closing, closing_tokens, 0))
         logprobs = gen.logprobs[:, :t]
         mean = jnp.where(lengths > 0, logprobs.sum(axis=1) / jnp.maximum(lengths, 1), -jnp.inf)
         return dict(state=state, tokens=tokens, mask=from_gen | from_closing, generated=lengths, truncated=truncated,
