@@ -2,8 +2,9 @@
 (stage_program.py), for the judges whose every decision can be taken on the device: `logprob`, and `self` with
 either verdict. `lj.search` uses it for those configs (unless `one_jit=False`).
 
-The object is built once per generator, processor and config: it holds the static plan (the jit's cache key, so any
-object with the same model structure and config reuses the compilation) and the stop-string tables. The host
+The object is built once per generator, processor and config (`lj.search` builds one per call and runs every
+batch through it): it holds the static plan, which is the jit's cache key, so any object with the same model
+structure and config reuses the compilation, and the stop-string tables. The host
 tokenises the questions once before the call and detokenises every text once after it; the trace is assembled from
 the returned arrays in the stepwise path's format.
 """
