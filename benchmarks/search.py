@@ -5,11 +5,16 @@ The mid-size config with random weights (benchmarks/generate.py's), float32 on C
 processor with 224-px tiles, one 4-tile image per question. Both sides do identical work: every stage candidate is
 exactly --stage-tokens tokens and every judge call (pairwise verdicts and the reasoning pre-check) exactly
 --judge-tokens tokens (min = max), self-judge with generated verdicts. Prints per-question seconds for each N and
-batch size, the ratio, our time breakdown, and both sides' token counts (which must match). The reference runs
-questions one after another, so its per-question time is measured on --reference-questions questions.
+batch size, the ratio, our time breakdown, both sides' token counts (which must match), and the compile seconds
+of our first (cold) call. The reference runs questions one after another, so its per-question time is measured on
+--reference-questions questions.
+
+Ours runs the whole search of a batch as one jitted function (`one_jit`, the default); --stepwise adds rows for
+the stepwise path (a few jitted calls per stage, with its finer time breakdown). --compile-only runs one cold
+search per N and batch size and prints only the compile seconds (no reference, no timed run).
 
     python benchmarks/search.py [--n 2 4] [--questions 1 8] [--stage-tokens 32] [--judge-tokens 16]
-        [--reference-questions 1] [--skip-reference]
+        [--reference-questions 1] [--skip-reference] [--stepwise] [--compile-only]
 """
 from __future__ import annotations
 
@@ -38,12 +43,12 @@ def make_questions(count: int, size: int) -> list[dict]:
             for i in range(count)]
 
 
-def ours(model, processor, questions, config) -> tuple[float, dict]:
-    generator = lj.Generator(model)
-    lj.search(generator, processor, questions, config)  # compile
+def ours(generator, processor, questions, config) -> tuple[float, dict, float]:
+    """Seconds per question of a warm search, its totals, and the compile seconds of the cold call before it."""
+    cold = lj.search(generator, processor, questions, config)[0].trace["totals"]["compile_seconds"]
     start = time.perf_counter()
     results = lj.search(generator, processor, questions, config)
-    return (time.perf_counter() - start) / len(questions), results[0].trace["totals"]
+    return (time.perf_counter() - start) / len(questions), results[0].trace["totals"], cold
 
 
 class Reference:
@@ -107,6 +112,13 @@ class Reference:
         return answer
 
 
+def stage_config(n: int, args) -> lj.SearchConfig:
+    """The self-judged stage search with generated verdicts and fixed budgets (min = max)."""
+    return lj.SearchConfig(method="stage", n=n, judge="self", max_stage_tokens=args.stage_tokens,
+                           min_stage_tokens=args.stage_tokens, judge_max_tokens=args.judge_tokens,
+                           judge_min_tokens=args.judge_tokens)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[2, 4])
@@ -115,12 +127,30 @@ def main():
     parser.add_argument("--judge-tokens", type=int, default=16)
     parser.add_argument("--reference-questions", type=int, default=1)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--stepwise", action="store_true", help="also time the stepwise path (one_jit=False)")
+    parser.add_argument("--compile-only", action="store_true", help="only the compile seconds of one cold search")
     args = parser.parse_args()
 
     config = preset("mid", scan_layers=False)
     model = random_model(config)
     processor = lj.Processor.llama3_2_vision(tile_size=config.vision.image_size,
                                              max_image_tiles=config.vision.max_num_tiles)
+    generator = lj.Generator(model)
+    if args.compile_only:
+        print(f"mid config, float32, one 4-tile image per question: compile seconds of the one-jit stage search "
+              f"(self-judge, generated verdicts, {args.stage_tokens} tokens a stage, {args.judge_tokens} a judge call)")
+        for n in args.n:
+            for count in args.questions:
+                questions = make_questions(count, config.vision.image_size)
+                runs = []
+                for _ in range(2):                                  # cold, then warm
+                    start = time.process_time()
+                    totals = lj.search(generator, processor, questions, stage_config(n, args))[0].trace["totals"]
+                    runs.append((time.process_time() - start, totals["compile_seconds"]))
+                (cold, wall), (warm, _) = runs
+                print(f"N={n} questions={count}: compile {wall:.1f} s wall; process CPU seconds cold {cold:.1f} - "
+                      f"warm {warm:.1f} = {cold - warm:.1f} s spent compiling")
+        return
     hf = None
     if not args.skip_reference:
         import torch
@@ -132,12 +162,11 @@ def main():
                                                                 torch_dtype=torch.float32).eval()
     print(f"mid config, float32, one 4-tile image per question; {args.stage_tokens} tokens a stage, "
           f"{args.judge_tokens} a judge call (min = max), self-judge with generated verdicts")
-    print(f"{'N':>2} | {'questions':>9} | {'ours s/q':>8} | {'ref s/q':>8} | {'ratio':>6} | {'ours tokens':>15} | "
-          f"{'ref tokens':>15} | breakdown (s: candidates, judge prefill, judge decoding, other) | compile s")
+    print(f"{'N':>2} | {'questions':>9} | {'path':>8} | {'ours s/q':>8} | {'ref s/q':>8} | {'ratio':>6} | "
+          f"{'ours tokens':>15} | {'ref tokens':>15} | breakdown (s) | compile s (cold call)")
+    paths = {"one_jit": True, "stepwise": False} if args.stepwise else {"one_jit": True}
     for n in args.n:
-        search = lj.SearchConfig(method="stage", n=n, judge="self", max_stage_tokens=args.stage_tokens,
-                                 min_stage_tokens=args.stage_tokens, judge_max_tokens=args.judge_tokens,
-                                 judge_min_tokens=args.judge_tokens)
+        search = stage_config(n, args)
         ref_seconds, ref_tokens = None, "-"
         if hf is not None:
             reference = Reference(hf, processor, n, args.stage_tokens, args.judge_tokens)
@@ -151,15 +180,16 @@ def main():
             ref_tokens = (f"{reference.candidate_tokens // len(sample)}+"
                           f"{reference.judge_tokens_total // len(sample)}/q")
         for count in args.questions:
-            seconds, totals = ours(model, processor, make_questions(count, config.vision.image_size), search)
-            ratio = f"{ref_seconds / seconds:5.2f}x" if ref_seconds else f"{'-':>6}"
-            ref = f"{ref_seconds:8.2f}" if ref_seconds else f"{'-':>8}"
-            mine = f"{totals['candidate_tokens'] // count}+{totals['judge_tokens'] // count}/q"
-            parts = totals["breakdown"]
-            print(f"{n:2d} | {count:9d} | {seconds:8.2f} | {ref} | {ratio} | {mine:>15} | {ref_tokens:>15} | "
-                  f"{parts['candidate_decoding']:.2f}, {parts['judge_prefill']:.2f}, {parts['judge_decoding']:.2f}, "
-                  f"{parts['other']:.2f} ({parts['other'] / totals['seconds']:.0%} other) | "
-                  f"{totals['compile_seconds']:.1f}")
+            for path, one_jit in paths.items():
+                seconds, totals, cold = ours(generator, processor, make_questions(count, config.vision.image_size),
+                                             search.replace(one_jit=one_jit))
+                ratio = f"{ref_seconds / seconds:5.2f}x" if ref_seconds else f"{'-':>6}"
+                ref = f"{ref_seconds:8.2f}" if ref_seconds else f"{'-':>8}"
+                mine = f"{totals['candidate_tokens'] // count}+{totals['judge_tokens'] // count}/q"
+                parts = totals["breakdown"]
+                breakdown = ", ".join(f"{name} {value:.2f}" for name, value in parts.items())
+                print(f"{n:2d} | {count:9d} | {path:>8} | {seconds:8.2f} | {ref} | {ratio} | {mine:>15} | "
+                      f"{ref_tokens:>15} | {breakdown} ({parts['other'] / totals['seconds']:.0%} other) | {cold:.1f}")
 
 
 if __name__ == "__main__":

@@ -43,6 +43,24 @@ def test_automaton_matches_brute_force():
     assert sum(e is not None for e in expected) > 20
 
 
+def test_first_match_reads_the_string_completed_first_within_each_rows_length():
+    """`first_match` over finished rows (as verdicts are read after decoding): the index of the first stop
+    string the row's text [:length] contains, the lower index on a tie, -1 for none."""
+    rng = np.random.default_rng(1)
+    vocab = [b""] + [bytes(rng.choice(list(b"I choseresp12 "), size=rng.integers(1, 4))) for _ in range(120)]
+    vocab += [b"I choose", b" response", b" 1", b" 2", b"I choose response 1"]
+    strings = ["I choose response 1", "I choose response 2"]
+    tables = stop_strings.build(vocab, strings)
+    rows = rng.integers(0, len(vocab), (96, 30))
+    rows[:48, 3:5] = [len(vocab) - 5, len(vocab) - 4]                    # "I choose response" and " 1" or " 2"
+    rows[:48, 5] = len(vocab) - 3 + rng.integers(0, 2, 48)
+    lengths = rng.integers(0, 31, len(rows))
+    got = np.asarray(stop_strings.first_match(tables, jnp.asarray(rows), jnp.asarray(lengths)))
+    expected = [first_match(vocab, strings, row[:length]) for row, length in zip(rows, lengths)]
+    assert got.tolist() == [-1 if e is None else e[1].index(True) for e in expected]
+    assert {-1, 0, 1} <= set(got.tolist())
+
+
 @pytest.fixture(scope="module")
 def processor():
     return lj.Processor.llama3_2_vision()

@@ -1,8 +1,12 @@
 """The searches on a tiny random model with the real tokenizer: every method and judge runs to completion on
 questions with different images and prompt lengths, the stage search's structure (stage order, n - 1 comparisons,
-the pre-check, truncation, prompts encoded once), greedy equivalence with lj.generate, the CLI, bad input."""
+the pre-check, truncation, prompts encoded once), the one-jit stage search against the stepwise one and its
+compilation count, greedy equivalence with lj.generate, the CLI, bad input."""
+import contextlib
 import json
+import math
 
+import jax
 import numpy as np
 import PIL.Image
 import pytest
@@ -51,21 +55,86 @@ def test_stage_search_with_the_self_judge(setup):
         # one batch: the vision tower and the question prompts ran once, the judge's constant head once a stage
         assert (totals["vision_calls"], totals["prefill_calls"], totals["judge_prefill_calls"]) == (1, 1, 5)
         assert totals["judge_calls"] == 3 * (len(STAGES) * (n - 1) + n)    # comparisons and pre-checks, 3 questions
-        assert set(totals["breakdown"]) == {"candidate_decoding", "judge_prefill", "judge_decoding", "other"}
+        assert set(totals["breakdown"]) == {"jitted_search", "other"}       # the whole search was one call
+
+
+@contextlib.contextmanager
+def counting_traces(name: str):
+    """Counts the times jax traces the jitted function `name` inside (its trace-duration events)."""
+    count = [0]
+
+    def listener(event, duration, **kwargs):
+        count[0] += event == "/jax/core/compile/jaxpr_trace_duration" and kwargs.get("fun_name") == name
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def test_stage_search_with_logprob_scores_keeps_the_best_candidate(setup):
-    """The highest-scoring candidate wins each stage; a second batch of the same shapes compiles nothing (the
-    trace's compile clock counts every trace, lowering and compile) and, with the same seed, answers the same."""
+    """The highest-scoring candidate wins each stage. The search of a batch is one jitted function: traced once,
+    and a second batch of the same shapes (other questions and images) neither retraces it nor compiles anything
+    (the trace's compile clock counts every trace, lowering and compile); the same batch again, with the same
+    seed, answers the same."""
     generator, processor, questions, _, _ = setup
-    config = lj.SearchConfig(method="stage", n=2, judge="logprob", **SMALL)
-    results = lj.search(generator, processor, questions[:2], config)
+    config = lj.SearchConfig(method="stage", n=2, judge="logprob", max_stage_tokens=5, judge_max_tokens=3)
+    with counting_traces("search_batch") as first:
+        results = lj.search(generator, processor, questions[:2], config)
     for step in results[0].trace["steps"]:
         assert step["winner"] == int(np.argmax(step["scores"]))
     assert results[0].trace["totals"]["judge_calls"] == 0
+    assert first == [1] and results[0].trace["totals"]["compile_seconds"] > 0
+    other = [{"question": "How many circles are there?", "image": questions[1]["image"]},
+             {"question": "Which shape is the smallest one, and what colour is it?", "image": questions[2]["image"]}]
+    with counting_traces("search_batch") as second:
+        changed = lj.search(generator, processor, other, config)
+    assert second == [0] and changed[0].trace["totals"]["compile_seconds"] == 0.0
+    assert [r.text for r in changed] != [r.text for r in results]
     again = lj.search(generator, processor, questions[:2], config)
-    assert again[0].trace["totals"]["compile_seconds"] == 0.0
     assert [r.text for r in again] == [r.text for r in results]
+
+
+def assert_same_record(got, want, path="trace"):
+    """Equal nested records, floats to float32 rounding (the two paths lay out masked padding differently)."""
+    if isinstance(want, float):
+        assert math.isclose(got, want, rel_tol=1e-5, abs_tol=1e-6), path
+    elif isinstance(want, dict):
+        assert list(got) == list(want), path
+        for key in want:
+            assert_same_record(got[key], want[key], f"{path}.{key}")
+    elif isinstance(want, list):
+        assert len(got) == len(want), path
+        for i, (g, w) in enumerate(zip(got, want)):
+            assert_same_record(g, w, f"{path}[{i}]")
+    else:
+        assert got == want, path
+
+
+@pytest.mark.parametrize("judge, verdict, n, text_only", [
+    ("self", "generate", 3, False),
+    pytest.param("self", "probability", 2, False, marks=pytest.mark.slow),
+    pytest.param("logprob", "generate", 3, False, marks=pytest.mark.slow),
+    pytest.param("self", "generate", 4, True, marks=pytest.mark.slow)])
+def test_one_jit_search_is_the_stepwise_search(setup, judge, verdict, n, text_only):
+    """With the same seed the one-jit search (the default) takes every decision the stepwise path
+    (one_jit=False) takes: the same candidates and truncations, pre-checks, pairs, verdicts and winners, the same
+    answers and counters; scores and probabilities agree to float rounding."""
+    generator, processor, questions, _, _ = setup
+    if text_only:
+        questions = [{"question": "What is 2 + 3?"}, {"question": "Name a colour that is also a fruit."}]
+    config = lj.SearchConfig(method="stage", n=n, judge=judge, verdict=verdict, **SMALL)
+    one_jit = lj.search(generator, processor, questions, config)
+    stepwise = lj.search(generator, processor, questions, config.replace(one_jit=False))
+    counters = lambda r: {k: v for k, v in r.trace["totals"].items()
+                          if k not in ("compile_seconds", "seconds", "breakdown")}
+    for got, want in zip(one_jit, stepwise):
+        assert got.text == want.text
+        assert_same_record(got.trace["steps"], want.trace["steps"])
+        assert counters(got) == counters(want)
+    assert set(stepwise[0].trace["totals"]["breakdown"]) == {"candidate_decoding", "judge_prefill",
+                                                              "judge_decoding", "other"}
 
 
 def test_greedy_method_is_lj_generate(setup):
@@ -120,7 +189,8 @@ def test_every_method_and_judge_completes(setup, method, judge, verdict):
 
 @pytest.mark.slow
 def test_sharded_search_matches_one_device(setup):
-    """Under a (data 2, tensor 2) mesh of fake CPU devices the stage search gives the one-device answers."""
+    """Under a (data 2, tensor 2) mesh of fake CPU devices the stage search (one jitted function) gives the
+    one-device answers."""
     from llavao1_jax.sharding import make_mesh
     import jax
 
@@ -133,6 +203,29 @@ def test_sharded_search_matches_one_device(setup):
     with jax.set_mesh(mesh):
         got = [r.text for r in lj.search(sharded, processor, questions[:2], config)]
     assert got == want
+
+
+def test_stacked_stage_stop_strings_end_each_stage_at_its_own_tag(setup):
+    """The one-jit search's per-stage stop-string tables, stacked and padded to common sizes, match as each
+    stage's own table does: a text ends at its stage's closing tag and at no other stage's."""
+    from llavao1_jax.inference import stop_strings
+    from llavao1_jax.inference.generator import make_stopping
+    from llavao1_jax.search.stage_program import stack_stoppings
+
+    generator, processor, _, _, _ = setup
+    alone = [make_stopping(generator.config, (), (f"</{stage}>",), processor.tokenizer, 0) for stage in STAGES]
+    stacked = stack_stoppings(alone)
+    texts = [f"<{stage}> some text </{stage}>\n\n<NEXT> more" for stage in STAGES] + ["no tag at all"]
+    ids = [processor.tokenizer.encode(t, add_special_tokens=False) for t in texts]
+    tokens = np.zeros((len(ids), max(map(len, ids))), np.int32)
+    for row, row_ids in zip(tokens, ids):
+        row[:len(row_ids)] = row_ids
+    lengths = np.asarray([len(i) for i in ids])
+    for s, table in enumerate(alone):
+        padded = jax.tree.map(lambda a: a[s], stacked).strings
+        got = np.asarray(stop_strings.first_match(padded, tokens, lengths))
+        assert got.tolist() == np.asarray(stop_strings.first_match(table.strings, tokens, lengths)).tolist()
+        assert got.tolist() == [0 if row == s else -1 for row in range(len(texts))]
 
 
 @pytest.mark.parametrize("questions, options, message", [

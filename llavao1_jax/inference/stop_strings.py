@@ -142,3 +142,21 @@ def step(tables: StopStrings, state: jax.Array, tokens: jax.Array) -> tuple[jax.
     source = jnp.arange(tables.state_size)[None, :] - tables.length[c][:, None]   # [B, L]: p = q - len(u)
     shifted = jnp.take_along_axis(moved, jnp.clip(source, 0)[:, None, :], axis=-1) & (source >= 0)[:, None, :]
     return shifted | tables.start[:, c].transpose(1, 0, 2), matched
+
+
+def first_match(tables: StopStrings, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Which stop string each row's tokens [B, T] (the first `lengths` [B] of them) complete first: [B] int32, the
+    string's index (the lower one if two complete on the same token), -1 if none does (traceable). Reads text that
+    generation did not stop on, e.g. a verdict written before `min_new_tokens` allowed a stop."""
+    b, t = tokens.shape
+
+    def feed(carry, column):
+        state, found = carry
+        token, j = column
+        state, matched = step(tables, state, token)
+        hit = matched.any(axis=1) & (j < lengths) & (found < 0)
+        return (state, jnp.where(hit, jnp.argmax(matched, axis=1).astype(jnp.int32), found)), None
+
+    start = (initial_state(tables, b), jnp.full(b, -1, jnp.int32))
+    (_, found), _ = jax.lax.scan(feed, start, (tokens.T, jnp.arange(t)))
+    return found

@@ -6,7 +6,9 @@ best-of-N, sentence-level beam search, plain greedy and sampled answers.
 * methods.py: the methods on one batch of questions; candidates.py: sampling a step's candidates;
   judges.py: the knockout tournament, the reasoning pre-check, log-probability and reward scores;
   prompts.py: the judge's texts and token segments; packing.py: ragged segments into one masked array;
-  batch.py: the state of one batch of questions; result.py: `SearchResult`, trace counters.
+  batch.py: the state of one batch of questions; result.py: `SearchResult`, trace counters;
+* compiled.py: `CompiledStageSearch`, the stage search of a batch as one jitted function (stage_program.py) for
+  judge="logprob" and judge="self".
 """
 import sys
 import types

@@ -11,6 +11,7 @@ from llavao1_jax.model.mllama import Mllama
 from llavao1_jax.processor.image_io import load_image
 from llavao1_jax.search import methods
 from llavao1_jax.search.batch import Batch
+from llavao1_jax.search.compiled import CompiledStageSearch, runs_as_one_jit
 from llavao1_jax.search.config import SearchConfig
 from llavao1_jax.search.prompts import Segments, encode
 from llavao1_jax.search.result import SearchResult, Totals
@@ -34,6 +35,7 @@ def search(model, processor, questions: Sequence[dict], config: SearchConfig = S
     size = config.batch_questions or len(questions)
     rewards = config.reward_fn if isinstance(config.reward_fn, (list, tuple)) else None
     chunks = [group[start:start + size] for group in groups for start in range(0, len(group), size)]
+    compiled = CompiledStageSearch(generator, processor, config) if runs_as_one_jit(config, generator) else None
     for number, indices in enumerate(chunks):
         reward_fn = rewards[number % len(rewards)] if rewards else config.reward_fn
         batch = Batch(generator=generator, processor=processor, config=config, segments=segments,
@@ -41,7 +43,7 @@ def search(model, processor, questions: Sequence[dict], config: SearchConfig = S
                       question_tokens=[encode(processor, questions[i]["question"]) for i in indices], prefix=None,
                       rng=np.random.default_rng([config.seed, number]), reward_fn=reward_fn, on_step=on_step,
                       chosen=[[] for _ in indices])
-        for i, result in zip(indices, _run(batch, first_index=indices[0])):
+        for i, result in zip(indices, _run(batch, first_index=indices[0], compiled=compiled)):
             results[i] = result
         if on_batch is not None:
             on_batch(sum(len(c) for c in chunks[:number + 1]), len(questions))
@@ -85,8 +87,9 @@ def _prompt_inputs(batch: Batch, first_index: int) -> dict:
     return inputs
 
 
-def _run(batch: Batch, first_index: int) -> list[SearchResult]:
-    """Runs the configured method on one batch and assembles the results (texts decoded once, here)."""
+def _run(batch: Batch, first_index: int, compiled: Optional[CompiledStageSearch]) -> list[SearchResult]:
+    """Runs the configured method on one batch (as one jitted function when `compiled` is given) and assembles
+    the results (texts decoded once, here)."""
     config = batch.config
     start = time.perf_counter()
     with batch.totals.counting_compiles():
@@ -100,6 +103,8 @@ def _run(batch: Batch, first_index: int) -> list[SearchResult]:
                 result = batch.generator.generate(inputs, max_new_tokens=budget, seed=config.seed, **options)
             batch.totals.candidate_tokens += int(result.lengths.sum())
             batch.chosen = [[row[:length]] for row, length in zip(result.tokens, result.lengths)]
+        elif compiled is not None:
+            compiled.run(batch, inputs)
         else:
             batch.prefix = batch.generator.prefill(inputs, max_new_tokens=methods.room(config, config.method),
                                                    seed=config.seed)

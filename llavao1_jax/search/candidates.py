@@ -22,7 +22,7 @@ class Candidates:
     truncated: np.ndarray           # [Q * n] bool
     ended_by: list[Optional[str]]   # the stop string that ended each row
     finish: list[str]               # each row's finish reason
-    state: DecodeState
+    state: Optional[DecodeState]    # None when the whole search ran as one jitted function
 
     def mean_logprob(self) -> np.ndarray:
         return np.asarray([lp.mean() if len(lp) else -np.inf for lp in self.logprobs])

@@ -49,6 +49,8 @@ class SearchConfig:
     batch_questions: questions searched together (None: all of them).
     reward_fn: `(question, image, prefix_text, candidate_text) -> float` for judge="reward" (or a list of them, one
       per question batch).
+    one_jit: run the whole search of a batch as one jitted function where the method and judge allow it (method
+      "stage" with judge "logprob" or "self"); False: the stepwise path (a few jitted calls per stage).
     """
 
     method: str = "stage"
@@ -66,6 +68,7 @@ class SearchConfig:
     seed: int = 0
     batch_questions: Optional[int] = None
     reward_fn: Optional[Union[RewardFn, Sequence[RewardFn]]] = None
+    one_jit: bool = True
 
     def __post_init__(self):
         def check(ok: bool, message: str):
