@@ -71,10 +71,10 @@ class CompiledStageSearch:
         draw = plan.judge == "self" and plan.n > 1
         orders = np.asarray([[batch.rng.permutation(plan.n) if draw else np.arange(plan.n) for _ in range(q)]
                              for _ in STAGES], np.int32)
-        _, params, head_t = self.generator.decoding_model
+        _, params, head = self.generator.decoding_model
         batch.totals.seconds = {TIMER: 0.0}
         with batch.totals.timed(TIMER):
-            out = jax.device_get(search_batch(plan, params, head_t, prompt_inputs(self.generator.config, inputs),
+            out = jax.device_get(search_batch(plan, params, head, prompt_inputs(self.generator.config, inputs),
                                               questions, mask, jax.random.PRNGKey(batch.config.seed), orders,
                                               self.stops))
         self._record(batch, out)

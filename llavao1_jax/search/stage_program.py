@@ -126,8 +126,8 @@ def stack_stoppings(stoppings: list[Stopping]) -> Stopping:
 class _Work:
     """The device work of one batch, the model's arrays bound (a helper of `search_batch`)."""
 
-    def __init__(self, plan: StagePlan, params, head_t, stops: dict, questions: Masked, has_images: bool):
-        self.plan, self.params, self.head_t, self.stops = plan, params, head_t, stops
+    def __init__(self, plan: StagePlan, params, head, stops: dict, questions: Masked, has_images: bool):
+        self.plan, self.params, self.head, self.stops = plan, params, head, stops
         self.questions, self.has_images = questions, has_images
         self.q = questions.tokens.shape[0]
 
@@ -139,16 +139,16 @@ class _Work:
                          lengths=jnp.zeros(b, jnp.int32), finish=jnp.zeros(b, jnp.int32),
                          max_new=jnp.full(b, max_tokens, jnp.int32), matcher=initial_state(stopping.strings, b),
                          stop_string=jnp.full(b, -1, jnp.int32))
-        return engine.decode(self.plan.graphdef, self.plan.sampling, self.params, self.head_t, state, gen, stopping,
+        return engine.decode(self.plan.graphdef, self.plan.sampling, self.params, self.head, state, gen, stopping,
                              jnp.asarray(max_tokens, jnp.int32))
 
     def append(self, state, tokens: jax.Array, mask: jax.Array):
-        return engine.append(self.plan.graphdef, self.params, self.head_t, state, tokens, mask, False)
+        return engine.append(self.plan.graphdef, self.params, self.head, state, tokens, mask, False)
 
     def prefill_text(self, tokens: jax.Array, mask: jax.Array, room: int):
         """New text-only prompts (left-padded to their bucket), keys `row_keys(0, rows)` as `Generator.prefill`."""
         tokens, mask = _left_padded(tokens, mask)
-        return engine.prefill(self.plan.graphdef, self.params, self.head_t,
+        return engine.prefill(self.plan.graphdef, self.params, self.head,
                               dict(input_ids=tokens, attention_mask=mask.astype(jnp.int32)),
                               row_keys(0, tokens.shape[0]), tokens.shape[1] + round_up(room, ROOM_MULTIPLE))
 
@@ -189,7 +189,7 @@ class _Work:
         if not self.has_images:
             return self.prefill_text(*concat(head, self.q), room)
         tokens, mask = _left_padded(*concat(head, self.q))
-        return engine.prefill_on_images(plan.graphdef, self.params, self.head_t, prefix, tokens, mask,
+        return engine.prefill_on_images(plan.graphdef, self.params, self.head, prefix, tokens, mask,
                                         row_keys(0, self.q), tokens.shape[1] + round_up(room, ROOM_MULTIPLE),
                                         plan.image_token_id)
 
@@ -255,7 +255,7 @@ class _Work:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def search_batch(plan: StagePlan, params, head_t, inputs: dict, questions: jax.Array, question_mask: jax.Array,
+def search_batch(plan: StagePlan, params, head, inputs: dict, questions: jax.Array, question_mask: jax.Array,
                  key: jax.Array, orders: jax.Array, stops: dict) -> dict:
     """The whole stage search of a batch of Q questions. inputs: bucketed prompt inputs as `Generator.prefill` takes
     them; questions [Q, W] the question tokens, masked; key: `jax.random.PRNGKey(seed)`; orders [4, Q, n] the
@@ -264,9 +264,9 @@ def search_batch(plan: StagePlan, params, head_t, inputs: dict, questions: jax.A
     mask, generated lengths, truncated flags, per-token and mean log-probabilities), the winners [Q], and the
     scores or the tournament's record (pre-check outcomes, and per round the pairs, winners and verdicts)."""
     q, n = questions.shape[0], plan.n
-    work = _Work(plan, params, head_t, stops, Masked(questions, question_mask), "pixel_values" in inputs)
+    work = _Work(plan, params, head, stops, Masked(questions, question_mask), "pixel_values" in inputs)
     prefix_keys = jax.vmap(lambda r: jax.random.fold_in(key, r))(jnp.arange(q))
-    prefix = engine.prefill(plan.graphdef, params, head_t, inputs, prefix_keys,
+    prefix = engine.prefill(plan.graphdef, params, head, inputs, prefix_keys,
                             inputs["input_ids"].shape[1] + round_up(plan.room, ROOM_MULTIPLE))
     width = plan.candidate_width
     chosen = (jnp.zeros((len(STAGES), q, width), jnp.int32), jnp.zeros((len(STAGES), q, width), bool))
