@@ -14,7 +14,7 @@ from llavao1_jax.search.batch import Batch
 from llavao1_jax.search.compiled import CompiledStageSearch, runs_as_one_jit
 from llavao1_jax.search.config import SearchConfig
 from llavao1_jax.search.prompts import Segments, encode
-from llavao1_jax.search.result import SearchResult, Totals
+from llavao1_jax.search.result import SearchResult
 
 
 def search(model, processor, questions: Sequence[dict], config: SearchConfig = SearchConfig(), *,
