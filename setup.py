@@ -28,6 +28,8 @@ CORE = [
     "openpyxl",
     # Trainer: TensorBoard event files without TensorFlow.
     "tensorboardX",
+    # The main job and the experiments: their plots.
+    "matplotlib",
 ]
 
 EXTRAS = {

@@ -24,9 +24,14 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c = _config_module("sft_tiny").get_config(f"steps={args.steps},batch=16")
     c.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
     c.model.preset = "small"
+    c.model.gate_init = 1.0                      # cross-attention open from the start (transformers: 0)
     c.data.num_train, c.data.num_test, c.data.image_size, c.data.buckets = args.train, args.questions, 84, (256,)
-    c.loss.task_vocab = True
-    c.optim.learning_rate = 2e-3
+    c.data.caption_style = "grid"                # every cell named in a fixed place: read far sooner
+    c.loss.task_vocab = True                     # softmax over the task's token ids (train/task_vocab.py)
+    # The vision tower stays at its random init: its random features keep the image apart (trained, it first
+    # learns to output the same features for every image, the quickest way to remove their noise).
+    c.optim.freeze = r"^vision_model/"
+    c.optim.learning_rate = 4e-3
     c.optim.schedule = "warmup_cosine"
     c.optim.warmup_steps = 20
     c.checkpoint_every = 50
