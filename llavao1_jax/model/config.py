@@ -315,8 +315,8 @@ def _small() -> MllamaConfig:
                             num_attention_heads=4, image_size=84, patch_size=28, max_num_tiles=1,
                             intermediate_layers_indices=(1,), vision_output_dim=128,
                             supported_aspect_ratios=((1, 1),)),
-        text=TextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=6, num_attention_heads=4,
-                        num_key_value_heads=2, cross_attention_layers=(1, 4)),
+        text=TextConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                        num_key_value_heads=2, cross_attention_layers=(1, 3)),
     )
 
 
