@@ -46,6 +46,7 @@ def test_structure_ablation(tmp_path):
     assert_plot(tmp_path / "accuracy.png")
 
 
+@pytest.mark.slow  # a training run and seven evaluation points (about 3 minutes on 2 cores)
 def test_inference_scaling(tmp_path):
     config = shrink(load(ROOT / "configs" / "inference_scaling.py", "scaling_config").get_config("seeds=2"))
     config.scaling.ns, config.scaling.searches, config.scaling.judges = (1, 2), ("stage",), ("logprob",)
