@@ -61,15 +61,20 @@ def plot(rows: list[dict], path: Path, questions: int) -> None:
     for ax, key, label in [(axes[0], "tokens_per_question", "generated tokens per question (log scale)"),
                            (axes[1], "seconds_per_question", "wall seconds per question (log scale)")]:
         for series in dict.fromkeys(r["series"] for r in rows):
-            line = sorted((r for r in rows if r["series"] == series), key=lambda r: r[key])
+            line = sorted((r for r in rows if r["series"] == series), key=lambda r: r["n"])
             ax.errorbar([r[key] for r in line], [r["accuracy"] for r in line],
                         yerr=[r["accuracy_std"] for r in line], marker="o", capsize=3, label=series)
         ax.set_xscale("log")
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
+        for r in rows:
+            if r["n"] > 1:
+                ax.annotate(f"N={r['n']}", (r[key], r["accuracy"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
     axes[0].set_ylabel("accuracy on held-out questions (%)")
     axes[1].legend(fontsize=8, loc="best")
-    fig.suptitle(f"Inference scaling of the small reasoner ({questions} questions; error bars: std over seeds)")
+    fig.suptitle(f"Inference scaling of the small reasoner ({questions} questions; error bars: std over seeds; "
+                 "seconds include compilation)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -100,7 +105,7 @@ def run(config, workdir: Path) -> list[dict]:
     rows = summarise(figures)
     (workdir / "table.md").write_text(table(rows) + "\n")
     report.write_json(workdir / "results.json", rows)
-    plot(rows, workdir / "scaling.png", config.data.num_test)
+    plot(rows, workdir / "scaling.png", config.evaluation.limit or config.data.num_test)
     print("\n" + table(rows))
     return rows
 
