@@ -19,6 +19,8 @@ def get_config(arg=None):
     config = load_config_module(Path(__file__).with_name("tiny_reasoner.py")).get_config(arg)
     config.methods = {"greedy": dict(method="greedy")}
     config.example_method = "greedy"
+    config.cpu_devices = 1  # three trainings: on a small CPU one device each is quickest
+    config.mesh.data, config.mesh.fsdp = 1, -1
     return config
 
 

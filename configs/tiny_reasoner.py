@@ -22,6 +22,7 @@ def _config_module(name: str):
 def get_config(arg=None) -> ml_collections.ConfigDict:
     args = parse_arg(arg, steps=300, questions=100, train=4000, stage_tokens=96, judge_tokens=32)
     c = _config_module("sft_tiny").get_config(f"steps={args.steps},batch=16")
+    c.cpu_devices = 8                            # fake CPU devices asked of XLA unless XLA_FLAGS names a count
     c.mesh = ml_collections.ConfigDict(dict(data=2, fsdp=4, tensor=1))
     c.model.preset = "small"
     c.model.gate_init = 1.0                      # cross-attention open from the start (transformers: 0)

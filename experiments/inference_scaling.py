@@ -111,7 +111,6 @@ def run(config, workdir: Path) -> list[dict]:
 
 
 def cli() -> None:
-    fake_cpu_devices(8)
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -120,6 +119,7 @@ def cli() -> None:
 
     def main(argv):
         del argv
+        fake_cpu_devices(config.value.cpu_devices)
         run(config.value, Path(workdir.value))
 
     app.run(main)

@@ -15,7 +15,6 @@ import os
 from pathlib import Path
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "tiny_reasoner.py"
-DEVICES = 8
 
 
 def fake_cpu_devices(count: int) -> None:
@@ -48,9 +47,8 @@ def print_summary(workdir: Path, results: dict, config) -> None:
 
 
 def cli() -> None:
-    """The command line: asks for the fake devices before jax starts, then defines its flags (importing this module
-    defines none) and runs the job."""
-    fake_cpu_devices(DEVICES)
+    """The command line: defines its flags (importing this module defines none), asks for the config's fake CPU
+    devices before jax starts its backends, and runs the job."""
     from absl import app, flags
     from ml_collections import config_flags
 
@@ -64,6 +62,7 @@ def cli() -> None:
     def main(argv):
         if len(argv) > 1:
             raise app.UsageError(f"unexpected arguments {argv[1:]}")
+        fake_cpu_devices(config.value.cpu_devices)
         quiet_library_logs()
         results = job.run(config.value, Path(workdir.value))
         print_summary(Path(workdir.value), results, config.value)
