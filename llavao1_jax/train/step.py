@@ -51,9 +51,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     def train_step(state: TrainState, batch: dict):
         weight = jnp.maximum(batch["loss_weights"].sum(), 1.0)
 
-        def loss_of_trainable(params, micro):
+        def loss_of_trainable(params, micro):  # this micro-batch's share of the mean: gradients come out scaled
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-            return loss_sum(params, micro)
+            return loss_sum(params, micro) / weight
 
         def pin(grads):
             if param_shardings is None:
@@ -66,14 +66,12 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             return (pin(jax.tree.map(jnp.add, grads, g)), total + loss), None
 
         if grad_accum == 1:  # no accumulator: one gradient-sized buffer and one pass over it fewer
-            total, grads = jax.value_and_grad(loss_of_trainable)(state.params, batch)
+            loss, grads = jax.value_and_grad(loss_of_trainable)(state.params, batch)
             grads = pin(grads)
         else:
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (grads, total), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)),
-                                             _micro_batches(batch, grad_accum))
-        grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
-        loss = total / weight
+            (grads, loss), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)),
+                                            _micro_batches(batch, grad_accum))
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
