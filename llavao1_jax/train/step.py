@@ -73,11 +73,15 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
             (grads, loss), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)),
                                             _micro_batches(batch, grad_accum))
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state, rng=state.rng)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+        def update(state):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state, rng=state.rng)
+
+        # A branch rather than a select between old and new state: the update runs in place, with no second copy.
+        new = jax.lax.cond(finite, update, lambda state: state, state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "supervised_tokens": batch["loss_weights"].sum(), "tokens": batch["attention_mask"].sum(),
                    "finite": finite}
