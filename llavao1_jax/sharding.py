@@ -1,4 +1,4 @@
-"""Device meshes and the logical-axis rules that place parameters, caches and batches on them.
+"""Device meshes and the logical-axis rules that place parameters, caches, batches and activations on them.
 
 Parameters carry logical axis names ("embed", "mlp", "heads", "vocab", "layers", ...); one rules table maps each
 name to a mesh axis (maxtext's `logical_axis_rules`). A dimension that the mesh axis does not divide stays
@@ -83,3 +83,12 @@ def array_sharding(logical_axes: Sequence[Optional[str]], shape: Sequence[int], 
                    rules=DEFAULT_RULES) -> NamedSharding:
     """NamedSharding for a plain array (a batch, a cache) described by logical axis names."""
     return NamedSharding(mesh, logical_to_spec(logical_axes, shape, mesh, rules))
+
+
+def constrain(x: jax.Array, logical_axes: Sequence[Optional[str]], rules) -> jax.Array:
+    """`x` under a sharding constraint from its logical axis names and `rules`, on the mesh that `jax.set_mesh` set
+    around the trace; `x` itself when `rules` is None or no mesh is set (a single device, or decoding)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if rules is None or mesh.empty:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(logical_axes, x.shape, mesh, rules))

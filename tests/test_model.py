@@ -1,5 +1,6 @@
 """Model checks that need no reference: shapes of the real sizes, sharding, remat, config I/O, input validation."""
 import json
+import re
 from functools import partial
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from hf_reference import HF_CONFIG, hf_logits, make_batch, make_hf_model, relati
 from llavao1_jax.model import MllamaConfig, preset, relayout
 from llavao1_jax.model.text import block_runs, layer_period
 from llavao1_jax.sharding import make_mesh
+from llavao1_jax.train.data import random_batch
 
 
 def param_count(config) -> int:
@@ -336,3 +338,27 @@ def test_init_model_is_sharded_and_runs():
     logits = m(input_ids=ids, pixel_values=pv, aspect_ratio_ids=np.array([[6]]),
                aspect_ratio_mask=np.ones((1, 1, 4), np.int64), cross_attention_mask=np.ones((1, 5, 1, 4), np.int64))
     assert logits.shape == (1, 5, cfg.text.vocab_size) and np.isfinite(np.asarray(logits)).all()
+
+
+def test_hidden_states_are_constrained_at_layer_boundaries():
+    """With `activation_rules` the lowered forward pins the hidden states after the embedding and after each layer
+    (per-layer layout: one constraint each, 1 + 4) to what the rules make of ("batch", "length", "embed"); without
+    rules, or with no mesh set, nothing is pinned."""
+    rules = (("batch", "data"), ("embed", "tensor"), ("length", None))
+    mesh = make_mesh(data=2, fsdp=1, tensor=4)
+
+    def constraints(cfg, mesh):
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: lj.Mllama(cfg, rngs=nnx.Rngs(0))))
+        batch = {k: v for k, v in random_batch(cfg, 8, 16).items() if k != "labels"}
+        lower = lambda: jax.jit(lambda s, b: nnx.merge(graphdef, s).hidden_states(**b)).lower(state, batch).as_text()
+        if mesh is None:
+            text = lower()
+        else:
+            with jax.set_mesh(mesh):
+                text = lower()
+        return re.findall(r"sdy.sharding_constraint \S+ <@mesh, (\[.*?\])> : tensor<8x16x32xf32>", text)
+
+    cfg = preset("tiny", scan_layers=False)
+    assert constraints(cfg.replace(activation_rules=rules), mesh) == ['[{"data"}, {}, {"tensor"}]'] * 5
+    assert constraints(cfg, mesh) == []
+    assert constraints(cfg.replace(activation_rules=rules), None) == []

@@ -20,7 +20,8 @@ VOCAB, BATCH, SEQ, CHUNK, STEPS = 512, 8, 32, 8, 10
 
 
 def tiny_model_config():
-    cfg = preset("tiny")
+    """The tiny model with a small vocabulary, its hidden states constrained by the trainer's sharding rules."""
+    cfg = preset("tiny", activation_rules=train_mesh.rules_from_config(get_config()))
     return cfg.replace(text=dataclasses.replace(cfg.text, vocab_size=VOCAB), image_token_index=VOCAB)
 
 

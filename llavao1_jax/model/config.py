@@ -143,7 +143,10 @@ class MllamaConfig:
     flash attention on NVIDIA GPUs, bf16/fp16); attention_block_bytes: the most bytes of float32 attention scores
     the "xla" path holds in one block (None: the backend's default, 8 MiB of a few batch rows on CPU, 1 GiB spanning
     the batch elsewhere; see `layers.AttentionOptions`); meta_cross_attention_row_mask: also zero the cross-attention
-    output of text rows that see no image (Meta's reference) instead of only the MLP branch (transformers).
+    output of text rows that see no image (Meta's reference) instead of only the MLP branch (transformers);
+    activation_rules: a logical-axis rules table (`llavao1_jax.sharding`) that places the text decoder's hidden
+    states at every layer boundary, ("batch", "length", "embed"), on the mesh set by `jax.set_mesh` (None: no
+    constraints; the trainer passes its config's rules).
     """
 
     vision: VisionConfig = VisionConfig()
@@ -156,6 +159,7 @@ class MllamaConfig:
     attention_impl: str = "xla"
     attention_block_bytes: Optional[int] = None
     meta_cross_attention_row_mask: bool = False
+    activation_rules: Optional[tuple] = None
 
     def __post_init__(self):
         if self.attention_impl not in ("xla", "cudnn"):

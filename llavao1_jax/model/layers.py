@@ -6,6 +6,7 @@ Every parameter is an `nnx.Param` carrying logical axis names (`out_sharding` me
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
@@ -193,8 +194,13 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array
     return jnp.moveaxis(out, 1, 2).reshape(b, chunks * size, h, -1)[:, :sq]
 
 
+@functools.partial(jax.checkpoint, prevent_cse=False, static_argnums=4)
 def _exact_attention(q, k, v, bias, layout: KVLayout):
     """One block of `attention`: scores in the input dtype, bias added, softmax in float32, weighted sum.
+
+    Checkpointed: differentiation keeps only the block's inputs and recomputes the scores in the backward pass, so
+    no [B, H, Sq, Sk] array of a layer outlives its block (a scan over layers would otherwise stack every layer's
+    scores and probabilities for the backward pass).
 
     The queries of one K/V head form the rows of one matrix ([B, KV, Sq * G, D], rows ordered (query, group)), so
     both products are batched matmuls over (batch, K/V head), the form XLA's CPU matmul library runs fastest."""

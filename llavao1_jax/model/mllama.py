@@ -38,7 +38,8 @@ class Mllama(nnx.Module):
                                             ("vision_out", "embed"), bias=True, **kw)
         self.language_model = TextDecoder(config.text, meta_row_mask=config.meta_cross_attention_row_mask,
                                           attention_options=attention_options, remat=config.remat,
-                                          scan_layers=config.scan_layers, **kw)
+                                          scan_layers=config.scan_layers,
+                                          activation_rules=config.activation_rules, **kw)
 
     # ------------------------------------------------------------------------------------- traceable pieces
     def encode_images(self, pixel_values, aspect_ratio_ids, aspect_ratio_mask) -> jax.Array:

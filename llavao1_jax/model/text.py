@@ -26,12 +26,15 @@ from llavao1_jax.model.config import TextConfig
 from llavao1_jax.model.layers import (CACHED, PROJECTED, REMAT_POLICIES, AttentionOptions, KVLayout, Linear, RMSNorm,
                                       activation, apply_rope, attention, mask_value, param, rope_cos_sin,
                                       rope_inv_freq, stack_layers, to_layout)
+from llavao1_jax.sharding import constrain
 
 
 # Logical axis names of one layer's cached K and V, in the order of layers.CACHED; stacked arrays put "layers" first.
 _LOGICAL_NAMES = {"b": "batch", "k": "kv_heads", "d": "head_dim", "s": "length"}
 K_CACHE_AXES = tuple(_LOGICAL_NAMES[a] for a in CACHED.k)
 V_CACHE_AXES = tuple(_LOGICAL_NAMES[a] for a in CACHED.v)
+# Logical axis names of the hidden states between layers (maxtext's decoder-layer constraint).
+HIDDEN_AXES = ("batch", "length", "embed")
 
 
 class KVCache(NamedTuple):
@@ -256,12 +259,14 @@ def cross_inputs(cross_attention_mask: jax.Array, num_patches: int, meta_row_mas
 
 class TextDecoder(nnx.Module):
     """Token embeddings, the self/cross layers (scanned blocks or a per-layer loop, see the module docstring), final
-    RMSNorm and the LM head."""
+    RMSNorm and the LM head. With `activation_rules`, the hidden states after the embedding and after every layer
+    are constrained to the sharding of HIDDEN_AXES under those rules (`sharding.constrain`)."""
 
     def __init__(self, cfg: TextConfig, *, meta_row_mask: bool = False,
                  attention_options: AttentionOptions = AttentionOptions(), param_dtype,
-                 dtype, remat: str = "none", scan_layers: bool = True, rngs: nnx.Rngs):
+                 dtype, remat: str = "none", scan_layers: bool = True, activation_rules=None, rngs: nnx.Rngs):
         self.cfg = cfg
+        self.activation_rules = activation_rules
         self.dtype = dtype
         self.remat = remat
         self.scan_layers = scan_layers
@@ -291,7 +296,7 @@ class TextDecoder(nnx.Module):
         `init_cache`), K/V of this chunk are written at `cache_index`; cross K/V are computed from `cross.states`
         when given (and stored in the cache), else read from `cross.k/v` (the cache's cross arrays).
         """
-        x = self.embed_tokens[...][input_ids].astype(self.dtype)
+        x = self._constrain(self.embed_tokens[...][input_ids].astype(self.dtype))
         cfg = self.cfg
         inv_freq = rope_inv_freq(cfg.head_dim, cfg.rope_theta, cfg.rope_type, cfg.rope_factor, cfg.rope_low_freq_factor,
                                  cfg.rope_high_freq_factor, cfg.rope_original_max_position_embeddings)
@@ -304,6 +309,9 @@ class TextDecoder(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         return self.lm_head(hidden)
 
+    def _constrain(self, h: jax.Array) -> jax.Array:
+        return constrain(h, HIDDEN_AXES, self.activation_rules)
+
     # ------------------------------------------------------------------------------------------------ layer loops
     def _layer_steps(self, cos, sin, self_bias, cross, cache_index):
         """The per-layer bodies both layouts run, `step(graphdef, h, layer_state, kv) -> (h, (k, v))` (remat-wrapped
@@ -314,15 +322,16 @@ class TextDecoder(nnx.Module):
 
         @remat
         def self_step(graphdef, h, layer_state, kv):
-            return nnx.merge(graphdef, layer_state)(h, cos, sin, self_bias, kv, cache_index)
+            h, kv = nnx.merge(graphdef, layer_state)(h, cos, sin, self_bias, kv, cache_index)
+            return self._constrain(h), kv
 
         @remat
         def cross_step(graphdef, h, layer_state, kv):
             layer = nnx.merge(graphdef, layer_state)
             if kv is not None:
-                return layer(h, *kv, cross.bias, cross.row_mask, CACHED), kv
+                return self._constrain(layer(h, *kv, cross.bias, cross.row_mask, CACHED)), kv
             k, v = layer.keys_values(cross.states)
-            return layer(h, k, v, cross.bias, cross.row_mask), to_cache(k, v)
+            return self._constrain(layer(h, k, v, cross.bias, cross.row_mask)), to_cache(k, v)
 
         return self_step, cross_step
 

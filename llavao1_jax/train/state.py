@@ -15,6 +15,7 @@ from llavao1_jax.model.config import MllamaConfig, preset
 from llavao1_jax.model.hf_checkpoint import load_pretrained
 from llavao1_jax.model.mllama import Mllama, init_model
 from llavao1_jax.sharding import state_shardings
+from llavao1_jax.train.mesh import rules_from_config
 
 
 class TrainState(NamedTuple):
@@ -29,10 +30,11 @@ class TrainState(NamedTuple):
 
 def model_config(config: ml_collections.ConfigDict) -> MllamaConfig:
     """The model of `config.model`: `init_from` (a transformers directory's config.json) or `preset`, with the
-    execution knobs (dtypes, remat, attention) of the config, in the scanned layout that training wants."""
+    execution knobs (dtypes, remat, attention) of the config, in the scanned layout that training wants, its hidden
+    states placed at layer boundaries by the config's sharding rules."""
     m = config.model
     knobs = dict(dtype=m.dtype, param_dtype=m.param_dtype, remat=m.remat, attention_impl=m.attention_impl,
-                 scan_layers=True)
+                 scan_layers=True, activation_rules=rules_from_config(config))
     if m.init_from:
         return MllamaConfig.from_json_file(f"{m.init_from}/config.json", **knobs)
     return preset(m.preset, **knobs)

@@ -1,10 +1,10 @@
 """The jitted train and eval steps.
 
 `make_train_step` returns `(state, batch) -> (state, metrics)`: the batch is split into `grad_accum` micro-batches
-that a `lax.scan` runs one after another, summing gradients; the loss is the mean cross-entropy over the supervised
-tokens of the whole global batch, so it does not depend on how the batch is split over devices or micro-batches.
-A step whose loss or gradient norm is not finite returns the state unchanged and `finite = False`.
-`jit_train_step` compiles it with explicit in/out shardings and the state donated.
+that a `lax.scan` runs one after another, summing gradients (with `grad_accum` 1, one pass and no accumulator); the
+loss is the mean cross-entropy over the supervised tokens of the whole global batch, so it does not depend on how
+the batch is split over devices or micro-batches. A step whose loss or gradient norm is not finite returns the state
+unchanged and `finite = False`. `jit_train_step` compiles it with explicit in/out shardings and the state donated.
 """
 from __future__ import annotations
 
@@ -58,29 +58,37 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     def train_step(state: TrainState, batch: dict):
         weight = jnp.maximum(batch["loss_weights"].sum(), 1.0)
 
-        def loss_of_trainable(params, micro):
+        def loss_of_trainable(params, micro):  # this micro-batch's share of the mean: gradients come out scaled
             params = jax.tree.map(lambda p, f: jax.lax.stop_gradient(p) if f else p, params, frozen)
-            return loss_sum(params, micro)
+            return loss_sum(params, micro) / weight
+
+        def pin(grads):
+            if param_shardings is None:
+                return grads
+            return jax.lax.with_sharding_constraint(grads, param_shardings)
 
         def accumulate(carry, micro):
             grads, total = carry
             loss, g = jax.value_and_grad(loss_of_trainable)(state.params, micro)
-            grads = jax.tree.map(jnp.add, grads, g)
-            if param_shardings is not None:
-                grads = jax.lax.with_sharding_constraint(grads, param_shardings)
-            return (grads, total + loss), None
+            return (pin(jax.tree.map(jnp.add, grads, g)), total + loss), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (grads, total), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)),
-                                         _micro_batches(batch, grad_accum))
-        grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
-        loss = total / weight
+        if grad_accum == 1:  # no accumulator: one gradient-sized buffer and one pass over it fewer
+            loss, grads = jax.value_and_grad(loss_of_trainable)(state.params, batch)
+            grads = pin(grads)
+        else:
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, loss), _ = jax.lax.scan(accumulate, (zeros, jnp.zeros((), jnp.float32)),
+                                            _micro_batches(batch, grad_accum))
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        new = TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
-                         opt_state=opt_state, rng=state.rng)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+
+        def update(state):
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            return TrainState(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                              opt_state=opt_state, rng=state.rng)
+
+        # A branch rather than a select between old and new state: the update runs in place, with no second copy.
+        new = jax.lax.cond(finite, update, lambda state: state, state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step),
                    "supervised_tokens": batch["loss_weights"].sum(), "tokens": batch["attention_mask"].sum(),
                    "finite": finite}
