@@ -30,20 +30,37 @@ def run(config_spec: str, workdir: Path) -> dict:
     rows = {}
     for point in points:
         answer_format = point.overrides["data.answer_format"]
-        greedy = json.loads((workdir / point.name / report.RESULTS).read_text())["methods"]["greedy"]
-        rows[answer_format] = {"accuracy": greedy["accuracy"],
+        results = json.loads((workdir / point.name / report.RESULTS).read_text())
+        greedy = results["methods"]["greedy"]
+        rows[answer_format] = {"accuracy": final_answer_accuracy(workdir / point.name, answer_format),
                                "format_validity": greedy["format_validity"] if answer_format == "tagged" else None,
-                               "tokens_per_question": greedy["tokens_per_question"]}
-    lines = ["| answer format | accuracy (%) | format validity (%) | generated tokens / question |",
-             "|---|---|---|---|"]
+                               "tokens_per_question": greedy["tokens_per_question"],
+                               "image_blind_accuracy": results["image_blind_accuracy"]}
+    lines = ["| answer format | accuracy (%) | format validity (%) | generated tokens / question | image-blind (%) |",
+             "|---|---|---|---|---|"]
     for name, row in rows.items():
         validity = "-" if row["format_validity"] is None else f"{row['format_validity']:.1f}"
-        lines.append(f"| {name} | {row['accuracy']:.1f} | {validity} | {row['tokens_per_question']:.0f} |")
+        lines.append(f"| {name} | {row['accuracy']:.1f} | {validity} | {row['tokens_per_question']:.0f} | "
+                     f"{row['image_blind_accuracy']:.1f} |")
     (workdir / "table.md").write_text("\n".join(lines) + "\n")
     report.write_json(workdir / "results.json", rows)
     plot(rows, workdir / "accuracy.png")
     print("\n" + "\n".join(lines))
     return rows
+
+
+def final_answer_accuracy(point_dir: Path, answer_format: str) -> float:
+    """Greedy accuracy of a point, the answer read as its format writes it: the <CONCLUSION> body (tagged), the
+    last paragraph (untagged: the stages are separated by blank lines, the conclusion last), the whole output
+    (direct)."""
+    from llavao1_jax import evaluate as ev
+    from llavao1_jax.reasoner import job
+
+    outputs = ev.read_predictions(point_dir / "eval" / "greedy" / "predictions.jsonl")
+    if answer_format == "untagged":
+        outputs = {k: text.strip().split("\n\n")[-1] for k, text in outputs.items()}
+    answer_from = "conclusion" if answer_format == "tagged" else "full"
+    return ev.score(point_dir / "eval" / job.BENCHMARK, outputs, answer_from=answer_from)["overall"]
 
 
 def plot(rows: dict, path: Path) -> None:
@@ -53,6 +70,8 @@ def plot(rows: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.bar(list(rows), [r["accuracy"] for r in rows.values()], color="tab:blue", label="greedy accuracy")
+    ax.axhline(next(iter(rows.values()))["image_blind_accuracy"], color="tab:red", linestyle="--",
+               label="image-blind baseline")
     ax.set_ylim(0, 100)
     ax.set_xlabel("answer format the model was trained on")
     ax.set_ylabel("accuracy on held-out questions (%)")
