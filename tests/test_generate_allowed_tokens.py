@@ -4,20 +4,10 @@ import numpy as np
 import pytest
 
 import llavao1_jax as lj
-from hf_reference import make_batch, saved_hf_model
-from test_generate import hf_generate
+from hf_reference import make_batch
+from test_generate import checkpoint, hf_generate, ours  # noqa: F401 (checkpoint and ours are fixtures)
 
 NEW = 12
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    return saved_hf_model(tmp_path_factory.mktemp("hf_tiny_allowed"), seed=3)
-
-
-@pytest.fixture(scope="module")
-def ours(checkpoint):
-    return lj.load_pretrained(checkpoint[1], scan_layers=False)
 
 
 def allowed(vocab_size: int) -> np.ndarray:
