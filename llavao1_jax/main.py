@@ -48,7 +48,9 @@ def print_summary(workdir: Path, results: dict, config) -> None:
 
 def cli() -> None:
     """The command line: defines its flags (importing this module defines none), asks for the config's fake CPU
-    devices before jax starts its backends, and runs the job."""
+    devices before jax starts its backends, and runs the job. XLA's C++ warnings (e.g. the SPMD partitioner's notes
+    on resharding) are hidden unless TF_CPP_MIN_LOG_LEVEL says otherwise."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from absl import app, flags
     from ml_collections import config_flags
 
