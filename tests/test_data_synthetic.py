@@ -120,3 +120,10 @@ def test_grid_caption_names_every_cell_in_place():
     assert problem.caption == sr.scene_caption(plain.objects, "grid") != plain.caption
     with pytest.raises(ValueError, match="unknown caption style 'rows'"):
         sr.scene_caption(objects, "rows")
+
+
+def test_cells_caption_names_each_cell_before_its_content():
+    objects = (sr.Shape("circle", "red", 0), sr.Shape("square", "blue", 4), sr.Shape("triangle", "green", 8))
+    assert sr.scene_caption(objects, "cells") == (
+        "Top left: a red circle. Top: nothing. Top right: nothing. Left: nothing. Center: a blue square. "
+        "Right: nothing. Bottom left: nothing. Bottom: nothing. Bottom right: a green triangle.")

@@ -29,7 +29,7 @@ from llavao1_jax.data import formats, records
 COLORS = {"red": (215, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 220), "yellow": (230, 190, 20)}
 SHAPES = ("circle", "square", "triangle")
 QUESTION_TYPES = ("count", "count_choice", "compare", "arithmetic", "attribute_choice")
-CAPTION_STYLES = ("objects", "grid")
+CAPTION_STYLES = ("objects", "grid", "cells")
 SPLITS = ("train", "test")
 BACKGROUND = (235, 235, 235)
 GRID = 3
@@ -38,6 +38,7 @@ MAX_COUNT = 4
 LETTERS = "ABCD"
 _POSITIONS = ("at the top left", "at the top", "at the top right", "on the left", "in the center", "on the right",
               "at the bottom left", "at the bottom", "at the bottom right")
+_CELL_NAMES = ("Top left", "Top", "Top right", "Left", "Center", "Right", "Bottom left", "Bottom", "Bottom right")
 _OPEN_SUFFIX = "Answer with a single word or number."
 
 
@@ -112,11 +113,15 @@ def _listing(category: Category, objects) -> str:
 
 
 def scene_caption(objects, style: str = "objects") -> str:
-    """The caption stage of a scene: every object in grid order (`style` "objects"), or every cell of the grid,
-    row by row, empty ones as "nothing" ("grid": each cell has a fixed place in the text, the same one in every
-    caption, so a small model learns to read the image far sooner)."""
+    """The caption stage of a scene: every object in grid order (`style` "objects"); every cell of the grid, row by
+    row, empty ones as "nothing" ("grid": each cell has a fixed place in the text, the same one in every caption, so
+    a small model learns to read the image far sooner); or the same with each cell named before its content
+    ("cells": "Top left: a red circle. Top: nothing. ...", so the words just before a cell's content say which
+    cell it is)."""
+    cells = {obj.cell: f"a {obj.color} {obj.shape}" for obj in objects}
+    if style == "cells":
+        return " ".join(f"{name}: {cells.get(cell, 'nothing')}." for cell, name in enumerate(_CELL_NAMES))
     if style == "grid":
-        cells = {obj.cell: f"a {obj.color} {obj.shape}" for obj in objects}
         rows = [", ".join(cells.get(row * GRID + column, "nothing") for column in range(GRID))
                 for row in range(GRID)]
         return " ".join(f"{name} row: {items}." for name, items in zip(("Top", "Middle", "Bottom"), rows))
