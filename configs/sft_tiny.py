@@ -49,5 +49,5 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=3e-3, schedule="constant", warmup_steps=0, epoch_decay=0.85,
         end_learning_rate=0.0, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-        weight_decay_exclude=r"(norm|bias|gate|embed)", clip_norm=1.0, freeze=""))
+        weight_decay_exclude=r"(norm|bias|gate|embed)", clip_norm=1.0, freeze="", lr_scale_pattern="", lr_scale=1.0))
     return c

@@ -91,6 +91,20 @@ def test_frozen_parameters_get_no_update_and_no_state():
     np.testing.assert_allclose(updates["language_model"]["norm"]["weight"], -0.1, rtol=1e-5)
 
 
+def test_scaled_group_takes_a_multiple_of_the_learning_rate():
+    optim = get_config().optim
+    optim.update(dict(lr_scale_pattern=r"^language_model/w$", lr_scale=3.0, clip_norm=0.0, weight_decay=0.0))
+    params = _params()
+    tx = optimizer.make_optimizer(optim, params, optax.constant_schedule(0.1))
+    updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+    np.testing.assert_allclose(updates["language_model"]["w"], -0.3, rtol=1e-5)  # Adam's first step: -lr * sign
+    np.testing.assert_allclose(updates["language_model"]["norm"]["weight"], -0.1, rtol=1e-5)
+    np.testing.assert_allclose(updates["vision_model"]["w"], -0.1, rtol=1e-5)
+    optim.lr_scale = 0.0
+    with pytest.raises(ValueError, match=r"config.optim.lr_scale=0.0"):
+        optimizer.make_optimizer(optim, params, optax.constant_schedule(0.1))
+
+
 def test_checkpoint_from_another_config_names_the_array(tmp_path):
     state = lambda shape: TrainState(step=jnp.zeros((), jnp.int32), params={"embed": jnp.zeros(shape)},
                                      opt_state={"mu": jnp.zeros(shape)}, rng=jnp.zeros(2, jnp.uint32))
