@@ -39,10 +39,11 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         preset="tiny", init_from="", dtype="float32", param_dtype="float32", remat="none", attention_impl="xla",
         gate_init=0.0))
     # judge_fraction: judge records added to the synthetic train split per question (data/judge_samples.py);
-    # caption_style: "objects" (the shapes in grid order) or "grid" (every cell, empty ones too)
+    # caption_style: "objects" (the shapes in grid order), "grid" (every cell, empty ones too) or "cells" (every
+    # cell after its name); background: "light" gray or "mean" (the processor's normalisation mean)
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic_reasoning", data_dir="", num_train=64, num_test=16, seed=0, image_size=56, judge_fraction=0.0,
-        caption_style="objects", buckets=(256, 512), answer_format="tagged", num_workers=0))
+        caption_style="objects", background="light", buckets=(256, 512), answer_format="tagged", num_workers=0))
     # chunk_size: supervised positions per row per head chunk; task_vocab: softmax over the ids the training
     # targets use plus the special tokens (train/task_vocab.py), decoding restricted to them
     c.loss = ml_collections.ConfigDict(dict(chunk_size=128, task_vocab=False))

@@ -137,7 +137,8 @@ def test_synthetic_build_reads_back(tmp_path):
     assert counts == {"train": 30, "test": 8}
     builder = tfds.builder("synthetic_reasoning", data_dir=tmp_path)
     assert dict(builder.info.metadata["params"]) == {"num_train": 30, "num_test": 8, "seed": 4, "image_size": 64,
-                                                      "judge_fraction": 0.0, "caption_style": "objects"}
+                                                      "judge_fraction": 0.0, "caption_style": "objects",
+                                                      "background": "light"}
     for split, n in counts.items():
         source = tfds.data_source("synthetic_reasoning", split=split, data_dir=tmp_path)
         got = {source[i]["id"].decode(): source[i] for i in range(len(source))}

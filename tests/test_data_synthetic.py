@@ -79,18 +79,18 @@ def test_deterministic_and_split_dependent():
     assert sr.make_problem(5, "train", 7) != sr.make_problem(6, "train", 7)
 
 
-@pytest.mark.parametrize("size", [56, 112])
-def test_image_shows_the_objects(size):
+@pytest.mark.parametrize("size,background", [(56, "light"), (112, "light"), (84, "mean")])
+def test_image_shows_the_objects(size, background):
     for i in range(20):
         p = sr.make_problem(1, "train", i)
-        example = sr.make_example(1, "train", i, size)
+        example = sr.make_example(1, "train", i, size, background=background)
         image = np.asarray(Image.open(io.BytesIO(example["image"])))
         assert image.shape == (size, size, 3)
         cell = size / sr.GRID
         colors = {o.cell: sr.COLORS[o.color] for o in p.objects}
         for c in range(sr.GRID * sr.GRID):
             y, x = int((c // sr.GRID + 0.6) * cell), int((c % sr.GRID + 0.5) * cell)  # a bit below the centre: inside triangles
-            assert tuple(image[y, x]) == colors.get(c, sr.BACKGROUND)
+            assert tuple(image[y, x]) == colors.get(c, sr.BACKGROUNDS[background])
 
 
 def test_example_fields():
@@ -105,9 +105,13 @@ def test_example_fields():
     assert stages.reasoning == " ".join(example["reasoning"])
 
 
-def test_image_size_is_checked():
+def test_image_size_and_background_are_checked():
     with pytest.raises(ValueError, match="image_size"):
         sr.SyntheticReasoning(image_size=8)
+    with pytest.raises(ValueError, match="background must be one of"):
+        sr.SyntheticReasoning(background="white")
+    with pytest.raises(ValueError, match="unknown background 'white'"):
+        sr.draw_scene((), 56, "white")
 
 
 def test_grid_caption_names_every_cell_in_place():

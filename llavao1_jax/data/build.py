@@ -2,7 +2,7 @@
 
     python -m llavao1_jax.data.build llava_cot_100k --jsonl PATH --image-root DIR --data-dir DIR [--strict] [--report PATH]
     python -m llavao1_jax.data.build synthetic_reasoning --num-train N --num-test M --seed S --data-dir DIR [--image-size PX]
-        [--judge-fraction F] [--caption-style {objects,grid}]
+        [--judge-fraction F] [--caption-style {objects,grid,cells}] [--background {light,mean}]
 
 The last line printed says how many records were kept and skipped. Exit status 1 when strict mode finds a bad record,
 when the inputs are unusable (missing jsonl or image root), or when the data dir already holds the dataset built with other
@@ -15,6 +15,7 @@ import sys
 import tensorflow_datasets as tfds
 
 from llavao1_jax.data.llava_cot_100k import InvalidRecordError, LlavaCot100k, check_inputs
+from llavao1_jax.data import synthetic_reasoning as sr
 from llavao1_jax.data.synthetic_reasoning import SyntheticReasoning
 
 FILE_FORMAT = "array_record"
@@ -44,15 +45,17 @@ def build_llava_cot_100k(jsonl, image_root, data_dir, *, strict: bool = False, n
 
 def build_synthetic_reasoning(data_dir, *, num_train: int, num_test: int, seed: int = 0, image_size: int = 112,
                               judge_fraction: float = 0.0, caption_style: str = "objects",
-                              overwrite: bool = False) -> dict:
+                              background: str = "light", overwrite: bool = False) -> dict:
     """Draw and write the synthetic dataset; returns the number of records per split (the train split holds
     round(judge_fraction * num_train) judge records after its num_train questions, see `judge_samples`; captions
-    in `caption_style`, see `synthetic_reasoning.scene_caption`).
+    in `caption_style`, see `synthetic_reasoning.scene_caption`; images on `background`, see
+    `synthetic_reasoning.BACKGROUNDS`).
 
     Raises `ValueError` if `data_dir` already holds it built with other parameters (unless `overwrite`).
     """
     builder = SyntheticReasoning(num_train=num_train, num_test=num_test, seed=seed, image_size=image_size,
-                                 judge_fraction=judge_fraction, caption_style=caption_style, data_dir=data_dir,
+                                 judge_fraction=judge_fraction, caption_style=caption_style, background=background,
+                                 data_dir=data_dir,
                                  file_format=FILE_FORMAT)
     wanted = dict(builder.params)
     if builder.is_prepared() and not overwrite and dict(builder.info.metadata["params"]) != wanted:
@@ -78,8 +81,11 @@ def _parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--image-size", type=int, default=112, help="image side in pixels")
     synthetic.add_argument("--judge-fraction", type=float, default=0.0,
                            help="judge records added to the train split, per question record")
-    synthetic.add_argument("--caption-style", choices=("objects", "grid"), default="objects",
-                           help="captions list the shapes (objects) or every cell of the grid (grid)")
+    synthetic.add_argument("--caption-style", choices=sr.CAPTION_STYLES, default="objects",
+                           help="captions list the shapes (objects), every cell of the grid (grid), or every cell "
+                                "after its name (cells)")
+    synthetic.add_argument("--background", choices=tuple(sr.BACKGROUNDS), default="light",
+                           help="image background: light gray, or the processor's normalisation mean (mean)")
     for p in (llava, synthetic):
         p.add_argument("--data-dir", required=True, help="TFDS data dir to write into")
         p.add_argument("--overwrite", action="store_true", help="rebuild even if the data dir already has the dataset")
@@ -104,7 +110,8 @@ def main(argv=None) -> int:
             counts = build_synthetic_reasoning(args.data_dir, num_train=args.num_train, num_test=args.num_test,
                                                seed=args.seed, image_size=args.image_size,
                                                judge_fraction=args.judge_fraction,
-                                               caption_style=args.caption_style, overwrite=args.overwrite)
+                                               caption_style=args.caption_style, background=args.background,
+                                               overwrite=args.overwrite)
             kept, skipped = sum(counts.values()), 0
             print(f"{args.data_dir}: synthetic_reasoning " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
     except (InvalidRecordError, FileNotFoundError, ValueError) as e:

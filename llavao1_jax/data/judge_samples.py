@@ -99,14 +99,15 @@ def judge_turns(problem: sr.Problem, wrong: WrongStage, correct_response: int) -
     return parts, f"Since {wrong.reason}, I choose response {correct_response}."
 
 
-def judge_example(seed: int, index: int, num_train: int, image_size: int, caption_style: str = "objects") -> dict:
+def judge_example(seed: int, index: int, num_train: int, image_size: int, caption_style: str = "objects",
+                  background: str = "light") -> dict:
     """Record `index` (>= num_train) of the train split: judge record j = index - num_train (see the module
     docstring); a pure function of its arguments."""
     j = index - num_train
     if j < 0:
         raise ValueError(f"judge records start at index {num_train}, got {index}")
     source = j % num_train
-    example = sr.make_example(seed, "train", source, image_size, caption_style)
+    example = sr.make_example(seed, "train", source, image_size, caption_style, background)
     problem = sr.make_problem(seed, "train", source, caption_style)
     stage = STAGES[j % len(STAGES)]
     rng = np.random.default_rng([seed, sr.SPLITS.index("train"), index, 1])

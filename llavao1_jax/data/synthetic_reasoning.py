@@ -31,7 +31,9 @@ SHAPES = ("circle", "square", "triangle")
 QUESTION_TYPES = ("count", "count_choice", "compare", "arithmetic", "attribute_choice")
 CAPTION_STYLES = ("objects", "grid", "cells")
 SPLITS = ("train", "test")
-BACKGROUND = (235, 235, 235)
+# "light": light gray; "mean": the image processor's normalisation mean (CLIP's), which normalises to zero, so an
+# empty cell's patch carries no pixel signal at all and a shape's patch is its shape and colour alone
+BACKGROUNDS = {"light": (235, 235, 235), "mean": (123, 117, 104)}
 GRID = 3
 MAX_OBJECTS = 6
 MAX_COUNT = 4
@@ -275,9 +277,12 @@ def draw_problem(rng, question_type: str, caption_style: str = "objects") -> Pro
                    reasoning)
 
 
-def draw_scene(objects, image_size: int) -> Image.Image:
-    """Draw the objects on a light gray `image_size` x `image_size` RGB image (shapes about a fifth of the side)."""
-    image = Image.new("RGB", (image_size, image_size), BACKGROUND)
+def draw_scene(objects, image_size: int, background: str = "light") -> Image.Image:
+    """Draw the objects on an `image_size` x `image_size` RGB image of colour `BACKGROUNDS[background]` (shapes
+    about a fifth of the side)."""
+    if background not in BACKGROUNDS:
+        raise ValueError(f"unknown background {background!r}; expected one of {tuple(BACKGROUNDS)}")
+    image = Image.new("RGB", (image_size, image_size), BACKGROUNDS[background])
     draw = ImageDraw.Draw(image)
     cell = image_size / GRID
     radius = 0.3 * cell
@@ -294,11 +299,12 @@ def draw_scene(objects, image_size: int) -> Image.Image:
     return image
 
 
-def make_example(seed: int, split: str, index: int, image_size: int, caption_style: str = "objects") -> dict:
+def make_example(seed: int, split: str, index: int, image_size: int, caption_style: str = "objects",
+                 background: str = "light") -> dict:
     """The TFDS example (feature dict) of one problem, image encoded as PNG."""
     problem = make_problem(seed, split, index, caption_style)
     png = io.BytesIO()
-    draw_scene(problem.objects, image_size).save(png, format="PNG")
+    draw_scene(problem.objects, image_size, background).save(png, format="PNG")
     return {
         "id": f"{split}-{index:07d}",
         "image": png.getvalue(),
@@ -329,13 +335,14 @@ class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
     """
 
     name = "synthetic_reasoning"
-    VERSION = tfds.core.Version("1.2.0")
+    VERSION = tfds.core.Version("1.3.0")
     RELEASE_NOTES = {"1.0.0": "Shapes on a 3x3 grid; count, compare, arithmetic and attribute questions.",
                      "1.1.0": "Optional judge records in the train split (judge_fraction); task, prompt_parts.",
-                     "1.2.0": "Optional grid captions (caption_style)."}
+                     "1.2.0": "Optional grid captions (caption_style).",
+                     "1.3.0": "Optional cell captions (caption_style) and image background (background)."}
 
     def __init__(self, *, num_train: int = 2000, num_test: int = 200, seed: int = 0, image_size: int = 112,
-                 judge_fraction: float = 0.0, caption_style: str = "objects", **kwargs):
+                 judge_fraction: float = 0.0, caption_style: str = "objects", background: str = "light", **kwargs):
         """The parameters only matter when the dataset is generated (reading back takes them from the metadata)."""
         if image_size < 24:
             raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
@@ -343,10 +350,13 @@ class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
             raise ValueError(f"judge_fraction must be >= 0, got {judge_fraction}")
         if caption_style not in CAPTION_STYLES:
             raise ValueError(f"caption_style must be one of {CAPTION_STYLES}, got {caption_style!r}")
+        if background not in BACKGROUNDS:
+            raise ValueError(f"background must be one of {tuple(BACKGROUNDS)}, got {background!r}")
         if judge_fraction and num_train < 1:
             raise ValueError("judge_fraction > 0 needs num_train >= 1 (judge records are built from the questions)")
         self.params = {"num_train": num_train, "num_test": num_test, "seed": seed, "image_size": image_size,
-                       "judge_fraction": float(judge_fraction), "caption_style": caption_style}
+                       "judge_fraction": float(judge_fraction), "caption_style": caption_style,
+                       "background": background}
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -376,10 +386,10 @@ class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
         from llavao1_jax.data import judge_samples  # it builds on this module
 
         seed, size, questions = self.params["seed"], self.params["image_size"], self.params[f"num_{split}"]
-        style = self.params["caption_style"]
+        style, background = self.params["caption_style"], self.params["background"]
         judges = round(self.params["judge_fraction"] * questions) if split == "train" else 0
         for index in tqdm.trange(questions + judges, desc=f"drawing {split}", unit=" records"):
             if index < questions:
-                yield index, make_example(seed, split, index, size, style)
+                yield index, make_example(seed, split, index, size, style, background)
             else:
-                yield index, judge_samples.judge_example(seed, index, questions, size, style)
+                yield index, judge_samples.judge_example(seed, index, questions, size, style, background)

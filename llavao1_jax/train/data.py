@@ -51,7 +51,8 @@ def dataset_dir(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
     if jax.process_index() == 0:
         build.build_synthetic_reasoning(path, num_train=d.num_train, num_test=d.num_test, seed=d.seed,
                                         image_size=d.image_size, judge_fraction=d.judge_fraction,
-                                        caption_style=d.get("caption_style", "objects"))
+                                        caption_style=d.get("caption_style", "objects"),
+                                        background=d.get("background", "light"))
     multihost_utils.sync_global_devices("synthetic data built")
     return path
 
