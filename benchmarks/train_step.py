@@ -4,11 +4,13 @@
     python benchmarks/train_step.py --steps 3 --seq-len 128
 
 Half of every row's positions are supervised. Ours: the trainer's jitted step (supervised-only chunked loss, optax
-AdamW, scanned layers, no remat) on one CPU device. Reference: `MllamaForConditionalGeneration(labels=...)` (full
-logits), `loss.backward()`, `torch.optim.AdamW.step()`, sdpa attention. float32. Each side runs in its own child
-process, so that its memory is its own; the table gives the median step time, tokens/s (batch x length / step
-time), the peak RSS of the whole child (for ours this includes XLA's compilation) and the peak RSS while the timed
-steps run (Linux: /proc/self/clear_refs resets the mark after the first step), and the ratio of tokens/s.
+AdamW, scanned layers, the remat policy of `--remat`, XLA's memory-optimised CPU scheduler as in
+`configs/sft_tiny.py`) on one CPU device. Reference: `MllamaForConditionalGeneration(labels=...)` (full logits),
+`loss.backward()`, `torch.optim.AdamW.step()`, sdpa attention. float32. Each side runs in its own child process, so
+that its memory is its own (both read the batch and the transformers config the parent writes, so the reference's
+process imports neither jax nor this package); the table gives the median step time, tokens/s (batch x length /
+step time), the peak RSS of the whole child (for ours this includes XLA's compilation) and the peak RSS while the
+timed steps run (Linux: /proc/self/clear_refs resets the mark after the first step), and the ratio of tokens/s.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,8 +44,22 @@ def _step_peak_gb() -> float:
     return int(line.split()[1]) / 1e6  # kB
 
 
+def write_inputs(args, directory: Path) -> None:
+    """The batch (`batch.npz`) and the model's transformers config (`config.json`) both children read, so that
+    the reference's process imports neither jax nor this package."""
+    import numpy as np
+
+    from llavao1_jax.model import preset
+    from llavao1_jax.train import data
+
+    cfg = preset(args.preset)
+    np.savez(directory / "batch.npz", **data.random_batch(cfg, args.batch, args.seq_len, supervised_fraction=0.5))
+    (directory / "config.json").write_text(json.dumps(cfg.to_hf_dict()))
+
+
 def time_ours(args) -> dict:
     import jax
+    import numpy as np
 
     from llavao1_jax.train import data
     from llavao1_jax.train import mesh as train_mesh
@@ -55,12 +72,12 @@ def time_ours(args) -> dict:
     config = module.get_config()  # the trainer's fields; the model and batch set below
     config.mesh.fsdp = 1
     config.batch_size, config.loss.chunk_size = args.batch, args.chunk_size
-    config.model.preset = args.preset
+    config.model.preset, config.model.remat = args.preset, args.remat
     cfg = model_config(config)
     mesh, rules = train_mesh.mesh_from_config(config), train_mesh.rules_from_config(config)
     program = build_program(config, cfg, mesh, rules, steps_per_epoch=100, total_steps=100)
     state = init_train_state(config, cfg, program.tx, program.shardings, mesh, rules)
-    local = data.random_batch(cfg, args.batch, args.seq_len, supervised_fraction=0.5)
+    local = dict(np.load(Path(args.inputs) / "batch.npz"))
     batch = data.device_batch(local, program.batch_shardings, args.chunk_size)
     times = []
     with jax.set_mesh(mesh):
@@ -85,17 +102,13 @@ def time_transformers(args) -> dict:
     import torch
     from transformers import MllamaConfig, MllamaForConditionalGeneration
 
-    from llavao1_jax.model import preset
-    from llavao1_jax.train import data
-
-    cfg = preset(args.preset)
-    hf = cfg.to_hf_dict()
+    hf = json.loads((Path(args.inputs) / "config.json").read_text())
     config = MllamaConfig(**{k: v for k, v in hf.items() if k not in ("model_type", "architectures")})
     config._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = MllamaForConditionalGeneration(config).float().train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.0)
-    local = data.random_batch(cfg, args.batch, args.seq_len, supervised_fraction=0.5)
+    local = np.load(Path(args.inputs) / "batch.npz")
     inputs = {k: torch.from_numpy(v.astype(np.int64) if v.dtype == np.int32 else v) for k, v in local.items()}
 
     def step():
@@ -124,8 +137,11 @@ def main():
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--chunk-size", type=int, default=128, help="supervised positions per row per head chunk")
+    parser.add_argument("--remat", default="dots", choices=["none", "dots", "full"],
+                        help="our activation checkpointing (config.model.remat): 'dots' keeps only matmul outputs")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after the first")
     parser.add_argument("--only", choices=["ours", "transformers"], help=argparse.SUPPRESS)  # a child's side
+    parser.add_argument("--inputs", help=argparse.SUPPRESS)  # a child's: the directory of write_inputs
     args = parser.parse_args()
     if args.only:
         result = (time_ours if args.only == "ours" else time_transformers)(args)
@@ -133,13 +149,15 @@ def main():
         return
 
     rows = {}
-    for side in ("ours", "transformers"):
-        child = subprocess.run([sys.executable, *sys.argv, "--only", side], capture_output=True, text=True,
-                               check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-        rows[side] = json.loads(child.stdout.rsplit("RESULT ", 1)[1])
+    with tempfile.TemporaryDirectory() as inputs:
+        write_inputs(args, Path(inputs))
+        for side in ("ours", "transformers"):
+            child = subprocess.run([sys.executable, *sys.argv, "--only", side, "--inputs", inputs], capture_output=True,
+                                   text=True, check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+            rows[side] = json.loads(child.stdout.rsplit("RESULT ", 1)[1])
     tokens = args.batch * args.seq_len
     print(f"\ntrain step, preset={args.preset}, batch {args.batch} x {args.seq_len} tokens, one 4-tile image per "
-          f"row, half supervised, float32, CPU")
+          f"row, half supervised, float32, CPU; ours: remat={args.remat}, chunk size {args.chunk_size}")
     print(f"{'implementation':<34}{'s/step':>8}{'tokens/s':>10}{'peak RSS GB':>13}{'in steps GB':>13}"
           f"{'first step s':>14}")
     names = {"ours": "llavao1_jax (jit, optax AdamW)", "transformers": "transformers + torch AdamW"}

@@ -33,6 +33,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.export_hf = True                 # workdir/hf at the end: transformers weights + processor files
     c.peak_flops_per_device = 0.0      # for model FLOPs utilisation (0: not logged); e.g. 989e12 for H100 bf16
     c.xla_gpu_overlap = False          # XLA GPU flags that overlap collectives with compute (set before jax starts)
+    c.xla_cpu_scheduler = "memory_optimized"  # XLA CPU's order of the steps' ops: or "concurrency_optimized", "default"
 
     # gate_init: the cross-attention gates of a random init (transformers: 0, no image information at first)
     c.model = ml_collections.ConfigDict(dict(

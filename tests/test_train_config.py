@@ -38,6 +38,7 @@ def test_unknown_config_field_is_rejected(tmp_path):
     (dict(optim=dict(schedule="linear")), r"config.optim.schedule='linear'; choose from"),
     (dict(optim=dict(freeze="vision(")), r"config.optim.freeze='vision\(' is not a regular expression"),
     (dict(total_steps=0, num_epochs=0), r"set config.total_steps or config.num_epochs"),
+    (dict(xla_cpu_scheduler="fastest"), r"config.xla_cpu_scheduler='fastest'; choose from"),
 ])
 def test_bad_layout_fails_before_compiling(tmp_path, changes, message):
     config = get_config()

@@ -26,7 +26,7 @@ from llavao1_jax.processor.tokenizer import special_tokens
 from llavao1_jax.train import checkpoint, data, metrics, optimizer, task_vocab
 from llavao1_jax.train import mesh as train_mesh
 from llavao1_jax.train import state as train_state
-from llavao1_jax.train.program import build_program
+from llavao1_jax.train.program import build_program, compiler_options
 
 
 class NonFiniteLossError(RuntimeError):
@@ -134,6 +134,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     rules = train_mesh.rules_from_config(config)
     train_mesh.check_batch_layout(config, mesh, rules)
     optimizer.check_optim(config.optim)
+    compiler_options(config, mesh)  # raises on an unknown config.xla_cpu_scheduler
     if config.total_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set config.total_steps or config.num_epochs to a positive number")
     cfg = train_state.model_config(config)

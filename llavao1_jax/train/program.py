@@ -17,6 +17,22 @@ from llavao1_jax.train import data, optimizer, step, task_vocab
 from llavao1_jax.train import state as train_state
 
 
+XLA_CPU_SCHEDULERS = ("default", "memory_optimized", "concurrency_optimized")
+
+
+def compiler_options(config: ml_collections.ConfigDict, mesh: Mesh) -> dict:
+    """XLA options of the jitted steps: on a mesh of CPU devices, the instruction scheduler of
+    `config.xla_cpu_scheduler` ("memory_optimized" orders the step for the least peak memory, e.g. creating a
+    zeroed gradient buffer only when the backward pass reaches it; "concurrency_optimized" for parallelism;
+    "default": XLA's choice). Other backends: none."""
+    scheduler = config.xla_cpu_scheduler
+    if scheduler not in XLA_CPU_SCHEDULERS:
+        raise ValueError(f"config.xla_cpu_scheduler={scheduler!r}; choose from {XLA_CPU_SCHEDULERS}")
+    if mesh.devices.flat[0].platform != "cpu":
+        return {}
+    return {"xla_cpu_scheduler_type": f"CPU_SCHEDULER_TYPE_{scheduler.upper()}"}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainProgram:
     graphdef: nnx.GraphDef
@@ -45,13 +61,14 @@ def build_program(config: ml_collections.ConfigDict, cfg: MllamaConfig, mesh: Me
     tx = optimizer.make_optimizer(config.optim, params_tree, schedule)
     shardings = train_state.train_state_shardings(abstract_params, tx, mesh, rules)
     batch_shardings = data.batch_shardings(mesh, rules, config.batch_size)
+    options = compiler_options(config, mesh)
     train_fn = step.make_train_step(graphdef, tx, schedule, frozen=optimizer.frozen_mask(config.optim, params_tree),
                                     grad_accum=config.grad_accum, chunk_size=config.loss.chunk_size,
                                     param_shardings=shardings.params, vocab_ids=vocab_ids)
     return TrainProgram(
         graphdef=graphdef, abstract_params=abstract_params, tx=tx, schedule=schedule, shardings=shardings,
         batch_shardings=batch_shardings,
-        train_step=step.jit_train_step(train_fn, shardings, batch_shardings, mesh),
+        train_step=step.jit_train_step(train_fn, shardings, batch_shardings, mesh, options),
         eval_step=step.jit_eval_step(graphdef, config.loss.chunk_size, shardings.params, batch_shardings, mesh,
-                                     vocab_ids),
+                                     vocab_ids, options),
         vocab_lookup=None if vocab_ids is None else task_vocab.target_lookup(vocab_ids, cfg.text.vocab_size))

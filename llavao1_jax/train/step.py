@@ -97,17 +97,21 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation, sc
     return train_step
 
 
-def jit_train_step(train_step: Callable, state_shardings: TrainState, batch_shardings: dict, mesh) -> Callable:
-    """`jax.jit` of the train step: state and batch in their shardings, the state donated, metrics replicated."""
+def jit_train_step(train_step: Callable, state_shardings: TrainState, batch_shardings: dict, mesh,
+                   compiler_options: dict | None = None) -> Callable:
+    """`jax.jit` of the train step: state and batch in their shardings, the state donated, metrics replicated,
+    compiled with XLA's `compiler_options`."""
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(train_step, in_shardings=(state_shardings, batch_shardings),
-                   out_shardings=(state_shardings, replicated), donate_argnums=0)
+                   out_shardings=(state_shardings, replicated), donate_argnums=0, compiler_options=compiler_options)
 
 
 def jit_eval_step(graphdef: nnx.GraphDef, chunk_size: int, param_shardings, batch_shardings: dict, mesh,
-                  vocab_ids: np.ndarray | None = None) -> Callable:
-    """`(params, batch) -> (summed loss, supervised tokens)`, jitted with the same shardings as training."""
+                  vocab_ids: np.ndarray | None = None, compiler_options: dict | None = None) -> Callable:
+    """`(params, batch) -> (summed loss, supervised tokens)`, jitted with the same shardings and XLA options as
+    training."""
     loss_sum = make_loss_sum(graphdef, chunk_size, vocab_ids)
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(lambda params, batch: (loss_sum(params, batch), batch["loss_weights"].sum()),
-                   in_shardings=(param_shardings, batch_shardings), out_shardings=replicated)
+                   in_shardings=(param_shardings, batch_shardings), out_shardings=replicated,
+                   compiler_options=compiler_options)
