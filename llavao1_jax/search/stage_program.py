@@ -7,7 +7,9 @@ same keys, inside one `jax.jit`. The four stages are one `lax.scan` step each, s
 what differs between stages (closing tag, stop-string tables, rubric texts, hints, whether the reasoning pre-check
 runs) is data, padded to common shapes and masked. The tournament's rounds (log2 n, static) are unrolled. Judge
 prompts are concatenated on the device from token segments with masks, and verdicts are read on the device. A
-candidate is laid out at its full budget (masked) and a judge prompt at the longest one possible.
+candidate is laid out at its full budget (masked); a judge prompt's shared part (instruction, question, hints) at
+the longest one possible, prefilled once per question, and its pair part (the two responses, the reminder) appended
+per pair.
 """
 from __future__ import annotations
 
