@@ -1,7 +1,7 @@
 """A stand-in for `lj.Generator` whose continuations a test scripts as text: `writer(prompt_text, copy)` returns
 what a row writes, `copy` being the row's candidate index from the last `fork`. The searches drive it exactly as
-they drive the engine (prefill, prefill_on_images, append_tokens, fork, select_rows, compact, decode), so tests can
-check their logic against known texts and known verdicts."""
+they drive the engine (prefill, prefill_on_images, append_tokens, fork, select_rows, compact, reseed, decode), so
+tests can check their logic against known texts and known verdicts."""
 from __future__ import annotations
 
 import dataclasses
@@ -70,6 +70,9 @@ class ScriptedGenerator:
 
     def compact(self, state) -> Rows:
         return state
+
+    def reseed(self, state, seed) -> Rows:
+        return state    # its rows have no keys
 
     def decode(self, state, *, max_new_tokens, min_new_tokens=0, stop_token_ids=None, stop_strings=(),
                processor=None, do_sample=False, temperature=1.0, top_p=1.0, top_k=0):

@@ -23,7 +23,7 @@ from llavao1_jax.inference.decoding_model import prepare
 from llavao1_jax.inference.stop_strings import for_tokenizer, initial_state
 from llavao1_jax.inference.sampling import SamplingConfig
 from llavao1_jax.inference.state import (FINISH_REASONS, RUNNING, DecodeState, Generation, compact, fork, row_keys,
-                                         select_rows)
+                                         reseed, select_rows)
 from llavao1_jax.model.mllama import INPUT_NAMES, Mllama, validate_inputs
 from llavao1_jax.util import round_up
 
@@ -135,6 +135,7 @@ class Generator:
     fork = staticmethod(fork)
     select_rows = staticmethod(select_rows)
     compact = staticmethod(compact)
+    reseed = staticmethod(reseed)
 
     def __init__(self, model: Mllama, allowed_token_ids: Optional[Sequence[int]] = None):
         if not isinstance(model, Mllama):

@@ -45,7 +45,7 @@ def tournament(batch: Batch, kind: str, cands: Candidates, n: int,
     q_count = batch.size
     alive = [list(batch.rng.permutation(n)) for _ in range(q_count)]
     correct = precheck(batch, cands, n, hints) if kind == "REASONING" else None
-    base = judge_base(batch, kind, room=judge_room(batch, kind, cands, hints))
+    base = judge_base(batch, kind, hints, room=judge_room(batch, kind, cands))
     traces = [{"comparisons": [], "precheck": None if correct is None else correct[q].tolist()}
               for q in range(q_count)]
     while len(alive[0]) > 1:
@@ -53,7 +53,7 @@ def tournament(batch: Batch, kind: str, cands: Candidates, n: int,
         per_question = len(pairs[0])
         first = [cands.tokens[q * n + a] for q in range(q_count) for a, _ in pairs[q]]
         second = [cands.tokens[q * n + b] for q in range(q_count) for _, b in pairs[q]]
-        verdicts, raw = compare(batch, base, kind, per_question, first, second, hints)
+        verdicts, raw = compare(batch, base, kind, per_question, first, second)
         for q in range(q_count):
             winners = []
             for k, (a, b) in enumerate(pairs[q]):
@@ -68,42 +68,41 @@ def tournament(batch: Batch, kind: str, cands: Candidates, n: int,
     return np.asarray([a[0] for a in alive]), traces
 
 
-def judge_room(batch: Batch, kind: str, cands: Candidates, hints) -> int:
-    """Cache room after a judge prompt's constant head: the longest appended part (question, hint, two candidates
-    and the fixed texts, padded as `append_tokens` pads it) and the verdict."""
+def judge_room(batch: Batch, kind: str, cands: Candidates) -> int:
+    """Cache room after a judge prompt's per-question head: the longest pair part (two candidates and the fixed
+    texts around them, padded as `append_tokens` pads it) and the verdict."""
     segments = batch.segments
-    fixed = (segments.question, segments.hint, segments.first, segments.second, segments.tail,
-             segments.verdict_prefix, encode(batch.processor, reminder(kind)))
-    longest = (sum(len(f) for f in fixed) + max(len(t) for t in batch.question_tokens)
-               + (max(len(h) for h in hints) if hints else 0) + 2 * max(len(t) for t in cands.tokens))
+    fixed = (segments.first, segments.second, segments.tail, segments.verdict_prefix,
+             encode(batch.processor, reminder(kind)))
+    longest = sum(len(f) for f in fixed) + 2 * max(len(t) for t in cands.tokens)
     return bucket_length(longest) + batch.config.judge_max_tokens
 
 
-def judge_base(batch: Batch, kind: str, room: int) -> DecodeState:
-    """The constant head of the judge prompts (BOS, user header, image, instruction) prefilled once per question;
-    with images it reads the questions' image K/V (never recomputed)."""
+def judge_base(batch: Batch, kind: str, hints: Optional[list[np.ndarray]], room: int) -> DecodeState:
+    """The part of the judge prompts that every pair of a question shares (BOS, user header, image, instruction,
+    question, hint), prefilled once per question; with images it reads the questions' image K/V (never
+    recomputed)."""
     segments = batch.segments
     head = np.concatenate([segments.head_image if batch.has_images else segments.head_text,
-                           encode(batch.processor, instruction(kind))])
-    tokens = np.repeat(head[None], batch.size, axis=0)
+                           encode(batch.processor, instruction(kind)), segments.question])
+    parts = [head, batch.question_tokens] + ([segments.hint, hints] if hints else [])
+    tokens, mask = pack(parts, batch.size)
     with batch.totals.timed("judge_prefill"):
         batch.totals.judge_prefill_calls += 1
         if batch.has_images:
-            return batch.generator.prefill_on_images(batch.prefix, tokens, max_new_tokens=room)
-        return batch.generator.prefill(dict(input_ids=tokens), max_new_tokens=room)
+            return batch.generator.prefill_on_images(batch.prefix, tokens, mask, max_new_tokens=room)
+        return batch.generator.prefill(dict(input_ids=tokens, attention_mask=mask.astype(np.int32)),
+                                       max_new_tokens=room)
 
 
 def compare(batch: Batch, base: DecodeState, kind: str, per_question: int, first: list[np.ndarray],
-            second: list[np.ndarray], hints) -> tuple[list[int], list]:
-    """Judges `per_question` pairs of every question in one batch. Returns each pair's verdict (1 or 2) and what it
-    was read from (the judge's text, or the two probabilities)."""
+            second: list[np.ndarray]) -> tuple[list[int], list]:
+    """Judges `per_question` pairs of every question in one batch: each pair's part of the prompt appended to a
+    fork of its question's `base`. Returns each pair's verdict (1 or 2) and what it was read from (the judge's
+    text, or the two probabilities)."""
     segments, config = batch.segments, batch.config
     rows = batch.size * per_question
-    owner = np.repeat(np.arange(batch.size), per_question)
-    parts = [segments.question, [batch.question_tokens[q] for q in owner]]
-    if hints:
-        parts += [segments.hint, [hints[q] for q in owner]]
-    parts += [segments.first, first, segments.second, second, encode(batch.processor, reminder(kind)), segments.tail]
+    parts = [segments.first, first, segments.second, second, encode(batch.processor, reminder(kind)), segments.tail]
     if config.verdict == "probability":
         parts.append(segments.verdict_prefix)
     tokens, mask = pack(parts, rows)
@@ -137,15 +136,17 @@ def precheck(batch: Batch, cands: Candidates, n: int, hints) -> np.ndarray:
     (True: "correct", or no readable answer)."""
     segments, config = batch.segments, batch.config
     rows = batch.size * n
-    owner = np.repeat(np.arange(batch.size), n)
     fixed = [encode(batch.processor, text) for text in CHECK_PARTS]
-    parts = [segments.head_text, fixed[0], [batch.chosen[q][1] for q in owner], fixed[1],
-             [batch.question_tokens[q] for q in owner], fixed[2], cands.tokens, fixed[3], segments.tail]
-    tokens, mask = pack(parts, rows)
+    head, head_mask = pack([segments.head_text, fixed[0], [chosen[1] for chosen in batch.chosen], fixed[1],
+                            batch.question_tokens, fixed[2]], batch.size)
+    tokens, mask = pack([cands.tokens, fixed[3], segments.tail], rows)
     with batch.totals.timed("judge_prefill"):
         batch.totals.judge_prefill_calls += 1
-        state = batch.generator.prefill(dict(input_ids=tokens, attention_mask=mask.astype(np.int32)),
-                                        max_new_tokens=config.judge_max_tokens)
+        state = batch.generator.prefill(dict(input_ids=head, attention_mask=head_mask.astype(np.int32)),
+                                        max_new_tokens=bucket_length(tokens.shape[1]) + config.judge_max_tokens)
+        # the same per-row keys as one prefill of the whole prompts would give
+        state = batch.generator.append_tokens(batch.generator.reseed(batch.generator.fork(state, n), 0), tokens,
+                                              mask)
     with batch.totals.timed("judge_decoding"):
         result, _ = batch.generator.decode(state, max_new_tokens=config.judge_max_tokens,
                                            min_new_tokens=config.judge_min_tokens, stop_strings=CHECK_STRINGS,

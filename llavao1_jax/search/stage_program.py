@@ -7,7 +7,9 @@ same keys, inside one `jax.jit`. The four stages are one `lax.scan` step each, s
 what differs between stages (closing tag, stop-string tables, rubric texts, hints, whether the reasoning pre-check
 runs) is data, padded to common shapes and masked. The tournament's rounds (log2 n, static) are unrolled. Judge
 prompts are concatenated on the device from token segments with masks, and verdicts are read on the device. A
-candidate is laid out at its full budget (masked) and a judge prompt at the longest one possible.
+candidate is laid out at its full budget (masked); a judge prompt's shared part (instruction, question, hints) at
+the longest one possible, prefilled once per question, and its pair part (the two responses, the reminder) appended
+per pair.
 """
 from __future__ import annotations
 
@@ -65,6 +67,12 @@ class StagePlan:
     @property
     def candidate_width(self) -> int:
         return self.max_stage_tokens + max(map(len, self.closing))
+
+    @property
+    def pair_width(self) -> int:
+        """The width of a judge prompt's pair part: both candidates and the fixed texts around them."""
+        fixed = (self.first, self.second, self.tail) + ((self.verdict_prefix,) if self.verdict == "probability" else ())
+        return sum(map(len, fixed)) + max(map(len, self.reminder)) + 2 * self.candidate_width
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,15 +185,13 @@ class _Work:
         return dict(state=state, tokens=tokens, mask=from_gen | from_closing, generated=lengths, truncated=truncated,
                     logprobs=logprobs, logprob=mean)
 
-    def judge_base(self, prefix, s: jax.Array, hint_width: int):
-        """The constant head of stage s's judge prompts, prefilled once per question (reading the image K/V)."""
+    def judge_base(self, prefix, s: jax.Array, hints: list[Masked]):
+        """The part of stage s's judge prompts that every pair of a question shares (BOS, header, image,
+        instruction, question, hints), prefilled once per question (reading the image K/V)."""
         plan = self.plan
         head = [Masked.constant(plan.head_image if self.has_images else plan.head_text),
-                Masked.per_stage(plan.instruction, s)]
-        fixed = sum(map(len, (plan.question, plan.hint, plan.first, plan.second, plan.tail, plan.verdict_prefix)))
-        longest = (fixed + max(map(len, plan.reminder)) + self.questions.tokens.shape[1] + hint_width
-                   + 2 * plan.candidate_width)
-        room = bucket_length(longest) + plan.judge_max_tokens
+                Masked.per_stage(plan.instruction, s), Masked.constant(plan.question), self.questions, *hints]
+        room = plan.pair_width + plan.judge_max_tokens
         if not self.has_images:
             return self.prefill_text(*concat(head, self.q), room)
         tokens, mask = _left_padded(*concat(head, self.q))
@@ -193,12 +199,11 @@ class _Work:
                                         row_keys(0, self.q), tokens.shape[1] + round_up(room, ROOM_MULTIPLE),
                                         plan.image_token_id)
 
-    def compare(self, base, s: jax.Array, pairs: int, first: Masked, second: Masked, hints: list[Masked]) -> dict:
-        """Judges `pairs` pairs per question in one batch: verdict [Q * pairs] (1 or 2) and what it was read from."""
+    def compare(self, base, s: jax.Array, pairs: int, first: Masked, second: Masked) -> dict:
+        """Judges `pairs` pairs per question in one batch, each pair's part of the prompt appended to a fork of its
+        question's `base`: verdict [Q * pairs] (1 or 2) and what it was read from."""
         plan = self.plan
-        owner = jnp.repeat(jnp.arange(self.q), pairs)
-        parts = [Masked.constant(plan.question), self.questions.rows(owner), *(h.rows(owner) for h in hints),
-                 Masked.constant(plan.first), first, Masked.constant(plan.second), second,
+        parts = [Masked.constant(plan.first), first, Masked.constant(plan.second), second,
                  Masked.per_stage(plan.reminder, s), Masked.constant(plan.tail)]
         if plan.verdict == "probability":
             parts.append(Masked.constant(plan.verdict_prefix))
@@ -214,13 +219,16 @@ class _Work:
                     judge_tokens=gen.tokens[:, :plan.judge_max_tokens], judge_lengths=gen.lengths)
 
     def precheck(self, cands: dict, caption: Masked) -> dict:
-        """The reasoning candidates' text-only check against the chosen caption: correct [Q, n] (not "incorrect")."""
+        """The reasoning candidates' text-only check against the chosen caption: correct [Q, n] (not "incorrect").
+        The part before the candidate is prefilled once per question and forked."""
         plan = self.plan
-        owner = jnp.repeat(jnp.arange(self.q), plan.n)
         fixed = [Masked.constant(part) for part in plan.check_parts]
-        parts = [Masked.constant(plan.head_text), fixed[0], caption.rows(owner), fixed[1], self.questions.rows(owner),
-                 fixed[2], Masked(cands["tokens"], cands["mask"]), fixed[3], Masked.constant(plan.tail)]
-        state = self.prefill_text(*concat(parts, self.q * plan.n), plan.judge_max_tokens)
+        head = [Masked.constant(plan.head_text), fixed[0], caption, fixed[1], self.questions, fixed[2]]
+        tokens, mask = concat([Masked(cands["tokens"], cands["mask"]), fixed[3], Masked.constant(plan.tail)],
+                              self.q * plan.n)
+        state = fork(self.prefill_text(*concat(head, self.q), tokens.shape[1] + plan.judge_max_tokens), plan.n)
+        # the same per-row keys as one prefill of the whole prompts would give
+        state = self.append(state._replace(keys=row_keys(0, self.q * plan.n)), tokens, mask)
         _, gen = self.decode(state, self.stops["checks"], plan.judge_max_tokens)
         return dict(correct=(gen.stop_string != 0).reshape(self.q, plan.n), check_lengths=gen.lengths)
 
@@ -236,7 +244,7 @@ class _Work:
         record = jax.lax.cond(s == REASONING, lambda: self.precheck(cands, caption), skipped)
         hints = [Masked.constant(plan.hint).where(s >= REASONING), caption.where(s >= REASONING),
                  reasoning.where(s == CONCLUSION)]
-        base = self.judge_base(prefix, s, sum(h.tokens.shape[1] for h in hints))
+        base = self.judge_base(prefix, s, hints)
         candidates = Masked(cands["tokens"], cands["mask"])
         offset = (jnp.arange(self.q) * plan.n)[:, None]
         alive, rounds = order, []
@@ -244,7 +252,7 @@ class _Work:
             pairs = alive.shape[1] // 2
             a, b = alive[:, 0:2 * pairs:2], alive[:, 1:2 * pairs:2]               # [Q, pairs]
             judged = self.compare(base, s, pairs, candidates.rows((offset + a).reshape(-1)),
-                                  candidates.rows((offset + b).reshape(-1)), hints)
+                                  candidates.rows((offset + b).reshape(-1)))
             verdict = judged.pop("verdict").reshape(self.q, pairs)
             ca, cb = (jnp.take_along_axis(record["correct"], x, axis=1) for x in (a, b))
             verdict = jnp.where(ca != cb, jnp.where(ca, 1, 2), verdict)
