@@ -3,7 +3,7 @@
     python -m llavao1_jax.main [--workdir runs/tiny_reasoner] [--config configs/tiny_reasoner.py[:steps=300]]
         [--config.methods.stage_4.n=8 ...]
 
-Builds the synthetic reasoning set, trains the `small` Mllama on 8 fake CPU devices (a data x fsdp mesh) with the
+Builds the synthetic reasoning set, trains the `small` Mllama on 8 fake CPU devices (an fsdp=8 mesh) with the
 real Llama-3 tokenizer and a task vocabulary, evaluates greedy decoding, best-of-N and stage-level beam search on
 the held-out split, and prints the table, an example answer and where every file went. Ctrl-C leaves a workdir the
 same command resumes from. `experiments/tiny_reasoner.py` is the same run.
