@@ -39,6 +39,7 @@ def test_unknown_config_field_is_rejected(tmp_path):
     (dict(optim=dict(freeze="vision(")), r"config.optim.freeze='vision\(' is not a regular expression"),
     (dict(total_steps=0, num_epochs=0), r"set config.total_steps or config.num_epochs"),
     (dict(xla_cpu_scheduler="fastest"), r"config.xla_cpu_scheduler='fastest'; choose from"),
+    (dict(checkpoint_every=0), r"config.checkpoint_every=0; it must be at least 1"),
 ])
 def test_bad_layout_fails_before_compiling(tmp_path, changes, message):
     config = get_config()

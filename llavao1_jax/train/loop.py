@@ -137,6 +137,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | Path) -> dict:
     compiler_options(config, mesh)  # raises on an unknown config.xla_cpu_scheduler
     if config.total_steps <= 0 and config.num_epochs <= 0:
         raise ValueError("set config.total_steps or config.num_epochs to a positive number")
+    for key in ("checkpoint_every", "log_every"):
+        if config[key] < 1:
+            raise ValueError(f"config.{key}={config[key]!r}; it must be at least 1 (steps between two)")
     cfg = train_state.model_config(config)
     if jax.process_index() == 0:
         write_config(config, workdir)
