@@ -73,6 +73,7 @@ def time_ours(args) -> dict:
     config.mesh.fsdp = 1
     config.batch_size, config.loss.chunk_size = args.batch, args.chunk_size
     config.model.preset, config.model.remat = args.preset, args.remat
+    config.xla_cpu_scheduler = "memory_optimized"  # one device: no collectives to order
     cfg = model_config(config)
     mesh, rules = train_mesh.mesh_from_config(config), train_mesh.rules_from_config(config)
     program = build_program(config, cfg, mesh, rules, steps_per_epoch=100, total_steps=100)

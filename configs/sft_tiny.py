@@ -33,7 +33,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     c.export_hf = True                 # workdir/hf at the end: transformers weights + processor files
     c.peak_flops_per_device = 0.0      # for model FLOPs utilisation (0: not logged); e.g. 989e12 for H100 bf16
     c.xla_gpu_overlap = False          # XLA GPU flags that overlap collectives with compute (set before jax starts)
-    c.xla_cpu_scheduler = "memory_optimized"  # XLA CPU's order of the steps' ops: or "concurrency_optimized", "default"
+    # XLA CPU's order of the steps' ops: "default", "memory_optimized" (least peak memory; it deadlocked the
+    # collectives of a 2-step run on 8 fake devices, so one device only) or "concurrency_optimized"
+    c.xla_cpu_scheduler = "default"
 
     # gate_init: the cross-attention gates of a random init (transformers: 0, no image information at first)
     c.model = ml_collections.ConfigDict(dict(
