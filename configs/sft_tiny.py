@@ -8,6 +8,7 @@
 import ml_collections
 
 from llavao1_jax.config_utils import parse_arg
+from llavao1_jax.data import synthetic_reasoning as sr
 from llavao1_jax.sharding import DEFAULT_RULES
 
 
@@ -43,10 +44,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
         gate_init=0.0))
     # judge_fraction: judge records added to the synthetic train split per question (data/judge_samples.py);
     # caption_style: "objects" (the shapes in grid order), "grid" (every cell, empty ones too) or "cells" (every
-    # cell after its name); background: "light" gray or "mean" (the processor's normalisation mean)
+    # cell after its name) or "numbered" (every cell after its number); background: "light" gray or "mean" (the
+    # processor's normalisation mean); question_types: the mix of question types, drawn uniformly
     c.data = ml_collections.ConfigDict(dict(
         name="synthetic_reasoning", data_dir="", num_train=64, num_test=16, seed=0, image_size=56, judge_fraction=0.0,
-        caption_style="objects", background="light", buckets=(256, 512), answer_format="tagged", num_workers=0))
+        caption_style="objects", background="light", question_types=sr.DEFAULT_QUESTION_TYPES, buckets=(256, 512),
+        answer_format="tagged", num_workers=0))
     # chunk_size: supervised positions per row per head chunk; task_vocab: softmax over the ids the training
     # targets use plus the special tokens (train/task_vocab.py), decoding restricted to them
     c.loss = ml_collections.ConfigDict(dict(chunk_size=128, task_vocab=False))

@@ -130,6 +130,14 @@ def test_cli(llava_copy, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     assert build.main(synthetic[:2] + ["13"] + synthetic[3:] + ["--overwrite"]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == "kept 17 records, skipped 0"
+    assert build.main(synthetic[:-1] + [str(tmp_path / "t"), "--question-types", "count,colour"]) == 1
+    assert "question_types must be distinct names" in capsys.readouterr().err
+    assert not (tmp_path / "t" / "synthetic_reasoning").exists()
+    assert build.main(synthetic[:-1] + [str(tmp_path / "t"), "--question-types", "position_choice,count",
+                                        "--caption-style", "numbered"]) == 0
+    source = tfds.data_source("synthetic_reasoning", split="train", data_dir=tmp_path / "t")
+    assert {source[i]["question_type"].decode() for i in range(len(source))} == {"position_choice", "count"}
+    assert source[0]["caption"].decode().startswith("Cells: 1 ")
 
 
 def test_synthetic_build_reads_back(tmp_path):
@@ -138,7 +146,8 @@ def test_synthetic_build_reads_back(tmp_path):
     builder = tfds.builder("synthetic_reasoning", data_dir=tmp_path)
     assert dict(builder.info.metadata["params"]) == {"num_train": 30, "num_test": 8, "seed": 4, "image_size": 64,
                                                       "judge_fraction": 0.0, "caption_style": "objects",
-                                                      "background": "light"}
+                                                      "background": "light",
+                                                      "question_types": list(sr.DEFAULT_QUESTION_TYPES)}
     for split, n in counts.items():
         source = tfds.data_source("synthetic_reasoning", split=split, data_dir=tmp_path)
         got = {source[i]["id"].decode(): source[i] for i in range(len(source))}

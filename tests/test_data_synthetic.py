@@ -10,6 +10,9 @@ from PIL import Image
 from llavao1_jax.data import formats, synthetic_reasoning as sr
 
 N = 600
+# The grid cell each position phrase of the questions names, row by row.
+CELLS = {"at the top left": 0, "at the top": 1, "at the top right": 2, "on the left": 3, "in the center": 4,
+         "on the right": 5, "at the bottom left": 6, "at the bottom": 7, "at the bottom right": 8}
 
 
 def _members(noun: str, objects):
@@ -36,6 +39,9 @@ def _solve(problem) -> str:
     elif m := re.match(r"What shape is the (\w+) object\?", q):
         (target,) = [o for o in objs if o.color == m.group(1)]
         value = target.shape
+    elif m := re.match(r"What (color|shape) is (?:the shape )?(.+?)\?", q):
+        (target,) = [o for o in objs if o.cell == CELLS[m.group(2)]]
+        value = getattr(target, m.group(1))
     else:
         raise AssertionError(f"unexpected question {q!r}")
     if not problem.choices:
@@ -43,10 +49,11 @@ def _solve(problem) -> str:
     return "ABCD"[problem.choices.index(value)]
 
 
-def test_answers_follow_from_the_scene():
+@pytest.mark.parametrize("question_types", [sr.DEFAULT_QUESTION_TYPES, sr.QUESTION_TYPES, ("position_choice",)])
+def test_answers_follow_from_the_scene(question_types):
     types = collections.Counter()
     for i in range(N):
-        p = sr.make_problem(3, "train", i)
+        p = sr.make_problem(3, "train", i, question_types=question_types)
         types[p.question_type] += 1
         assert 1 <= len(p.objects) <= sr.MAX_OBJECTS
         assert len({o.cell for o in p.objects}) == len(p.objects)
@@ -54,18 +61,19 @@ def test_answers_follow_from_the_scene():
         assert formats.parse_stages(formats.render_answer(p.stages())).conclusion == p.answer
         if p.choices:
             assert "\nOptions:\nA. " in p.question and p.answer in "ABCD"[:len(p.choices)]
-    assert set(types) == set(sr.QUESTION_TYPES) and min(types.values()) > N / len(sr.QUESTION_TYPES) / 2
+    assert set(types) == set(question_types) and min(types.values()) > N / len(question_types) / 2
 
 
-def test_text_only_guessing_is_at_chance():
+@pytest.mark.parametrize("question_types", [sr.DEFAULT_QUESTION_TYPES, ("position_choice",)])
+def test_text_only_guessing_is_at_chance(question_types):
     """The best guess from the question text alone (its most frequent answer in train) scores about chance on test."""
     by_question = collections.defaultdict(collections.Counter)
     for i in range(4000):
-        p = sr.make_problem(0, "train", i)
+        p = sr.make_problem(0, "train", i, question_types=question_types)
         by_question[p.question][p.answer] += 1
     hits, chance = [], []
     for i in range(1500):
-        p = sr.make_problem(0, "test", i)
+        p = sr.make_problem(0, "test", i, question_types=question_types)
         seen = by_question.get(p.question)
         hits.append(bool(seen) and seen.most_common(1)[0][0] == p.answer)
         n_answers = len(p.choices) or {"compare": 2}.get(p.question_type, sr.MAX_COUNT + 1)
@@ -131,3 +139,28 @@ def test_cells_caption_names_each_cell_before_its_content():
     assert sr.scene_caption(objects, "cells") == (
         "Top left: a red circle. Top: nothing. Top right: nothing. Left: nothing. Center: a blue square. "
         "Right: nothing. Bottom left: nothing. Bottom: nothing. Bottom right: a green triangle.")
+
+
+def test_numbered_caption_numbers_every_cell_in_reading_order():
+    objects = (sr.Shape("circle", "red", 0), sr.Shape("square", "blue", 4), sr.Shape("triangle", "green", 8))
+    assert sr.scene_caption(objects, "numbered") == (
+        "Cells: 1 red circle, 2 nothing, 3 nothing, 4 nothing, 5 blue square, 6 nothing, 7 nothing, 8 nothing, "
+        "9 green triangle.")
+
+
+def test_position_question_reasons_from_the_named_cell():
+    p = next(p for i in range(50) if (p := sr.make_problem(4, "test", i, "numbered", ("position_choice",))).question
+             .startswith("What shape"))
+    (phrase,) = re.match(r"What shape is (.+?)\?", p.question).groups()
+    (target,) = [o for o in p.objects if o.cell == CELLS[phrase]]
+    assert p.choices == sr.SHAPES and p.answer == "ABC"[sr.SHAPES.index(target.shape)]
+    assert p.reasoning[0] == (f"The cell {phrase} is cell {CELLS[phrase] + 1}, which holds a {target.color} "
+                              f"{target.shape}.")
+
+
+@pytest.mark.parametrize("question_types", [(), ("count", "count"), ("count", "colour")])
+def test_question_types_are_checked(question_types):
+    with pytest.raises(ValueError, match="question_types must be distinct names"):
+        sr.make_problem(0, "train", 0, question_types=question_types)
+    with pytest.raises(ValueError, match="question_types must be distinct names"):
+        sr.SyntheticReasoning(question_types=question_types)

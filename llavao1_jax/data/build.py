@@ -2,7 +2,8 @@
 
     python -m llavao1_jax.data.build llava_cot_100k --jsonl PATH --image-root DIR --data-dir DIR [--strict] [--report PATH]
     python -m llavao1_jax.data.build synthetic_reasoning --num-train N --num-test M --seed S --data-dir DIR [--image-size PX]
-        [--judge-fraction F] [--caption-style {objects,grid,cells}] [--background {light,mean}]
+        [--judge-fraction F] [--caption-style {objects,grid,cells,numbered}] [--background {light,mean}]
+        [--question-types count,compare,...]
 
 The last line printed says how many records were kept and skipped. Exit status 1 when strict mode finds a bad record,
 when the inputs are unusable (missing jsonl or image root), or when the data dir already holds the dataset built with other
@@ -45,16 +46,18 @@ def build_llava_cot_100k(jsonl, image_root, data_dir, *, strict: bool = False, n
 
 def build_synthetic_reasoning(data_dir, *, num_train: int, num_test: int, seed: int = 0, image_size: int = 112,
                               judge_fraction: float = 0.0, caption_style: str = "objects",
-                              background: str = "light", overwrite: bool = False) -> dict:
+                              background: str = "light", question_types: tuple[str, ...] = sr.DEFAULT_QUESTION_TYPES,
+                              overwrite: bool = False) -> dict:
     """Draw and write the synthetic dataset; returns the number of records per split (the train split holds
     round(judge_fraction * num_train) judge records after its num_train questions, see `judge_samples`; captions
     in `caption_style`, see `synthetic_reasoning.scene_caption`; images on `background`, see
-    `synthetic_reasoning.BACKGROUNDS`).
+    `synthetic_reasoning.BACKGROUNDS`; question types drawn uniformly from `question_types`).
 
     Raises `ValueError` if `data_dir` already holds it built with other parameters (unless `overwrite`).
     """
     builder = SyntheticReasoning(num_train=num_train, num_test=num_test, seed=seed, image_size=image_size,
                                  judge_fraction=judge_fraction, caption_style=caption_style, background=background,
+                                 question_types=tuple(question_types),
                                  data_dir=data_dir,
                                  file_format=FILE_FORMAT)
     wanted = dict(builder.params)
@@ -83,7 +86,10 @@ def _parser() -> argparse.ArgumentParser:
                            help="judge records added to the train split, per question record")
     synthetic.add_argument("--caption-style", choices=sr.CAPTION_STYLES, default="objects",
                            help="captions list the shapes (objects), every cell of the grid (grid), or every cell "
-                                "after its name (cells)")
+                                "after its name (cells) or number (numbered)")
+    synthetic.add_argument("--question-types", default=",".join(sr.DEFAULT_QUESTION_TYPES),
+                           type=lambda text: tuple(text.split(",")),
+                           help=f"comma-separated question types drawn uniformly, out of {','.join(sr.QUESTION_TYPES)}")
     synthetic.add_argument("--background", choices=tuple(sr.BACKGROUNDS), default="light",
                            help="image background: light gray, or the processor's normalisation mean (mean)")
     for p in (llava, synthetic):
@@ -111,7 +117,7 @@ def main(argv=None) -> int:
                                                seed=args.seed, image_size=args.image_size,
                                                judge_fraction=args.judge_fraction,
                                                caption_style=args.caption_style, background=args.background,
-                                               overwrite=args.overwrite)
+                                               question_types=args.question_types, overwrite=args.overwrite)
             kept, skipped = sum(counts.values()), 0
             print(f"{args.data_dir}: synthetic_reasoning " + ", ".join(f"{s} {n}" for s, n in sorted(counts.items())))
     except (InvalidRecordError, FileNotFoundError, ValueError) as e:

@@ -29,7 +29,8 @@ ASKS = {"count": "asks how many shapes of one kind there are",
         "count_choice": "asks how many shapes of one kind there are and offers options",
         "compare": "asks whether there are more shapes of one kind than of another",
         "arithmetic": "asks for a number of shapes after adding or removing some",
-        "attribute_choice": "asks for the color or the shape of one object and offers options"}
+        "attribute_choice": "asks for the color or the shape of one object and offers options",
+        "position_choice": "asks for the color or the shape of the object in one cell and offers options"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,15 +101,15 @@ def judge_turns(problem: sr.Problem, wrong: WrongStage, correct_response: int) -
 
 
 def judge_example(seed: int, index: int, num_train: int, image_size: int, caption_style: str = "objects",
-                  background: str = "light") -> dict:
+                  background: str = "light", question_types: tuple[str, ...] = sr.DEFAULT_QUESTION_TYPES) -> dict:
     """Record `index` (>= num_train) of the train split: judge record j = index - num_train (see the module
     docstring); a pure function of its arguments."""
     j = index - num_train
     if j < 0:
         raise ValueError(f"judge records start at index {num_train}, got {index}")
     source = j % num_train
-    example = sr.make_example(seed, "train", source, image_size, caption_style, background)
-    problem = sr.make_problem(seed, "train", source, caption_style)
+    example = sr.make_example(seed, "train", source, image_size, caption_style, background, question_types)
+    problem = sr.make_problem(seed, "train", source, caption_style, question_types)
     stage = STAGES[j % len(STAGES)]
     rng = np.random.default_rng([seed, sr.SPLITS.index("train"), index, 1])
     parts, verdict = judge_turns(problem, wrong_stage(problem, stage, rng, caption_style),

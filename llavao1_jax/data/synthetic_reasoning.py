@@ -9,6 +9,8 @@ nameable position ("at the top left", "in the center", ...). Question types (`QU
 - arithmetic: "If all the triangles were removed, how many shapes would be left?" or "How many red and blue shapes are
   there in total?" (open, answer 0-4)
 - attribute_choice: "What color is the square?" / "What shape is the green object?" (multiple choice)
+- position_choice: "What color is the shape at the top left?" / "What shape is at the top left?" (multiple choice;
+  not among the default types, `DEFAULT_QUESTION_TYPES`: a build chooses its mix with `question_types`)
 
 The answer is drawn first (uniformly, with uniformly placed correct options) and the scene is built to match it, so the
 question text says nothing about the answer: a text-only model is at chance. Each record keeps the plain answer and the
@@ -28,8 +30,9 @@ from llavao1_jax.data import formats, records
 
 COLORS = {"red": (215, 40, 40), "green": (30, 160, 60), "blue": (40, 80, 220), "yellow": (230, 190, 20)}
 SHAPES = ("circle", "square", "triangle")
-QUESTION_TYPES = ("count", "count_choice", "compare", "arithmetic", "attribute_choice")
-CAPTION_STYLES = ("objects", "grid", "cells")
+QUESTION_TYPES = ("count", "count_choice", "compare", "arithmetic", "attribute_choice", "position_choice")
+DEFAULT_QUESTION_TYPES = QUESTION_TYPES[:5]
+CAPTION_STYLES = ("objects", "grid", "cells", "numbered")
 SPLITS = ("train", "test")
 # "light": light gray; "mean": the image processor's normalisation mean (CLIP's), which normalises to zero, so an
 # empty cell's patch carries no pixel signal at all and a shape's patch is its shape and colour alone
@@ -117,9 +120,13 @@ def _listing(category: Category, objects) -> str:
 def scene_caption(objects, style: str = "objects") -> str:
     """The caption stage of a scene: every object in grid order (`style` "objects"); every cell of the grid, row by
     row, empty ones as "nothing" ("grid": each cell has a fixed place in the text, the same one in every caption, so
-    a small model learns to read the image far sooner); or the same with each cell named before its content
+    a small model learns to read the image far sooner); the same with each cell named before its content
     ("cells": "Top left: a red circle. Top: nothing. ...", so the words just before a cell's content say which
-    cell it is)."""
+    cell it is); or with each cell numbered in reading order ("numbered": "Cells: 1 red circle, 2 nothing, ...":
+    the token just before a cell's content is its own number, a different one for every cell)."""
+    if style == "numbered":
+        cells = {obj.cell: f"{obj.color} {obj.shape}" for obj in objects}
+        return "Cells: " + ", ".join(f"{cell + 1} {cells.get(cell, 'nothing')}" for cell in range(GRID * GRID)) + "."
     cells = {obj.cell: f"a {obj.color} {obj.shape}" for obj in objects}
     if style == "cells":
         return " ".join(f"{name}: {cells.get(cell, 'nothing')}." for cell, name in enumerate(_CELL_NAMES))
@@ -260,10 +267,35 @@ def _attribute_choice(rng):
             (f"There is 1 {target.singular}: {obj.describe()}.", f"Its {asked} is {value}, which is option {letter}."))
 
 
-def make_problem(seed: int, split: str, index: int, caption_style: str = "objects") -> Problem:
-    """The `index`-th problem of `split` for `seed` (deterministic, independent of other indices)."""
+def _position_choice(rng):
+    asked = "color" if rng.integers(2) else "shape"
+    value = str(rng.choice(list(COLORS) if asked == "color" else SHAPES))
+    pair = (str(rng.choice(SHAPES)), value) if asked == "color" else (value, str(rng.choice(list(COLORS))))
+    objects = _place(rng, [pair] + [_random_object(rng) for _ in range(int(rng.integers(0, MAX_OBJECTS)))])
+    target = objects[0]
+    options, letter = _options(rng, value, list(COLORS) if asked == "color" else list(SHAPES))
+    question = (f"What color is the shape {target.position}?" if asked == "color"
+                else f"What shape is {target.position}?")
+    return (objects, _with_options(question, options), options, letter,
+            f"I will look at the cell {target.position}, note the {asked} of its shape and match it to the options.",
+            (f"The cell {target.position} is cell {target.cell + 1}, which holds a {target.color} {target.shape}.",
+             f"Its {asked} is {value}, which is option {letter}."))
+
+
+def make_problem(seed: int, split: str, index: int, caption_style: str = "objects",
+                 question_types: tuple[str, ...] = DEFAULT_QUESTION_TYPES) -> Problem:
+    """The `index`-th problem of `split` for `seed`, its type drawn uniformly from `question_types`
+    (deterministic, independent of other indices)."""
+    check_question_types(question_types)
     rng = np.random.default_rng([seed, SPLITS.index(split), index])
-    return draw_problem(rng, QUESTION_TYPES[int(rng.integers(len(QUESTION_TYPES)))], caption_style)
+    return draw_problem(rng, question_types[int(rng.integers(len(question_types)))], caption_style)
+
+
+def check_question_types(question_types) -> None:
+    """Raise `ValueError` unless `question_types` is a non-empty sequence of distinct names of `QUESTION_TYPES`."""
+    unknown = [t for t in question_types if t not in QUESTION_TYPES]
+    if not question_types or unknown or len(set(question_types)) != len(question_types):
+        raise ValueError(f"question_types must be distinct names out of {QUESTION_TYPES}, got {tuple(question_types)}")
 
 
 def draw_problem(rng, question_type: str, caption_style: str = "objects") -> Problem:
@@ -271,7 +303,8 @@ def draw_problem(rng, question_type: str, caption_style: str = "objects") -> Pro
     if question_type in ("count", "count_choice"):
         parts = _count(rng, multiple_choice=question_type == "count_choice")
     else:
-        parts = {"compare": _compare, "arithmetic": _arithmetic, "attribute_choice": _attribute_choice}[question_type](rng)
+        parts = {"compare": _compare, "arithmetic": _arithmetic, "attribute_choice": _attribute_choice,
+                 "position_choice": _position_choice}[question_type](rng)
     objects, question, choices, answer, summary, reasoning = parts
     return Problem(question_type, objects, question, choices, answer, summary, scene_caption(objects, caption_style),
                    reasoning)
@@ -300,9 +333,9 @@ def draw_scene(objects, image_size: int, background: str = "light") -> Image.Ima
 
 
 def make_example(seed: int, split: str, index: int, image_size: int, caption_style: str = "objects",
-                 background: str = "light") -> dict:
+                 background: str = "light", question_types: tuple[str, ...] = DEFAULT_QUESTION_TYPES) -> dict:
     """The TFDS example (feature dict) of one problem, image encoded as PNG."""
-    problem = make_problem(seed, split, index, caption_style)
+    problem = make_problem(seed, split, index, caption_style, question_types)
     png = io.BytesIO()
     draw_scene(problem.objects, image_size, background).save(png, format="PNG")
     return {
@@ -328,21 +361,24 @@ class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
     """The synthetic shapes dataset, "train" and "test" splits of any size.
 
     Build parameters are stored in `info.metadata["params"]`; `judge_fraction` adds round(judge_fraction *
-    num_train) judge records to the train split, after its num_train questions. Features: those of
+    num_train) judge records to the train split, after its num_train questions; `question_types` is the mix each
+    question's type is drawn from, uniformly. Features: those of
     `records.common_features` plus question_type, choices, answer (the conclusion), summary, caption, reasoning (list
     of steps) of the problem, task ("answer", or "judge_<stage>" for a judge record) and prompt_parts (a judge
     record's user turn in the pieces the search tokenises one by one; empty for questions).
     """
 
     name = "synthetic_reasoning"
-    VERSION = tfds.core.Version("1.3.0")
+    VERSION = tfds.core.Version("1.4.0")
     RELEASE_NOTES = {"1.0.0": "Shapes on a 3x3 grid; count, compare, arithmetic and attribute questions.",
                      "1.1.0": "Optional judge records in the train split (judge_fraction); task, prompt_parts.",
                      "1.2.0": "Optional grid captions (caption_style).",
-                     "1.3.0": "Optional cell captions (caption_style) and image background (background)."}
+                     "1.3.0": "Optional cell captions (caption_style) and image background (background).",
+                     "1.4.0": "Optional numbered captions, position questions and question mix (question_types)."}
 
     def __init__(self, *, num_train: int = 2000, num_test: int = 200, seed: int = 0, image_size: int = 112,
-                 judge_fraction: float = 0.0, caption_style: str = "objects", background: str = "light", **kwargs):
+                 judge_fraction: float = 0.0, caption_style: str = "objects", background: str = "light",
+                 question_types: tuple[str, ...] = DEFAULT_QUESTION_TYPES, **kwargs):
         """The parameters only matter when the dataset is generated (reading back takes them from the metadata)."""
         if image_size < 24:
             raise ValueError(f"image_size must be at least 24 pixels, got {image_size}")
@@ -352,11 +388,12 @@ class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
             raise ValueError(f"caption_style must be one of {CAPTION_STYLES}, got {caption_style!r}")
         if background not in BACKGROUNDS:
             raise ValueError(f"background must be one of {tuple(BACKGROUNDS)}, got {background!r}")
+        check_question_types(question_types)
         if judge_fraction and num_train < 1:
             raise ValueError("judge_fraction > 0 needs num_train >= 1 (judge records are built from the questions)")
         self.params = {"num_train": num_train, "num_test": num_test, "seed": seed, "image_size": image_size,
                        "judge_fraction": float(judge_fraction), "caption_style": caption_style,
-                       "background": background}
+                       "background": background, "question_types": list(question_types)}
         super().__init__(**kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -386,10 +423,10 @@ class SyntheticReasoning(tfds.core.GeneratorBasedBuilder):
         from llavao1_jax.data import judge_samples  # it builds on this module
 
         seed, size, questions = self.params["seed"], self.params["image_size"], self.params[f"num_{split}"]
-        style, background = self.params["caption_style"], self.params["background"]
+        look = self.params["caption_style"], self.params["background"], tuple(self.params["question_types"])
         judges = round(self.params["judge_fraction"] * questions) if split == "train" else 0
         for index in tqdm.trange(questions + judges, desc=f"drawing {split}", unit=" records"):
             if index < questions:
-                yield index, make_example(seed, split, index, size, style, background)
+                yield index, make_example(seed, split, index, size, *look)
             else:
-                yield index, judge_samples.judge_example(seed, index, questions, size, style, background)
+                yield index, judge_samples.judge_example(seed, index, questions, size, *look)

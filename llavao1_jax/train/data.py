@@ -11,7 +11,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
-from llavao1_jax.data import build, pipeline
+from llavao1_jax.data import build, pipeline, synthetic_reasoning as sr
 from llavao1_jax.model.config import MllamaConfig
 from llavao1_jax.processor import Processor
 from llavao1_jax.sharding import array_sharding
@@ -52,7 +52,8 @@ def dataset_dir(config: ml_collections.ConfigDict, workdir: str | Path) -> Path:
         build.build_synthetic_reasoning(path, num_train=d.num_train, num_test=d.num_test, seed=d.seed,
                                         image_size=d.image_size, judge_fraction=d.judge_fraction,
                                         caption_style=d.get("caption_style", "objects"),
-                                        background=d.get("background", "light"))
+                                        background=d.get("background", "light"),
+                                        question_types=tuple(d.question_types))
     multihost_utils.sync_global_devices("synthetic data built")
     return path
 
