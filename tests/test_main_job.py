@@ -65,17 +65,14 @@ def test_rerun_resumes_without_training_or_decoding_again(finished, capsys):
 @pytest.mark.parametrize("judges", [0.0, 0.5])
 def test_buckets_hold_every_record_of_the_job(tmp_path, judges):
     """Nothing the job trains on is truncated: questions fit the first bucket, judge records the last one."""
-    from llavao1_jax.data import build, pipeline
+    from llavao1_jax.data import pipeline
     from llavao1_jax.processor import Processor
+    from llavao1_jax.train import data
 
     config = get_config(f"train=60,questions=4,judges={judges}")
     d = config.data
-    build.build_synthetic_reasoning(tmp_path, num_train=d.num_train, num_test=d.num_test, seed=d.seed,
-                                    image_size=d.image_size, judge_fraction=d.judge_fraction,
-                                    caption_style=d.caption_style, background=d.background,
-                                    question_types=tuple(d.question_types))
     encode = pipeline.EncodeSample(Processor.llama3_2_vision(tile_size=84, max_image_tiles=1), "tagged", 10_000)
-    source = pipeline.host_source("synthetic_reasoning", "train", tmp_path)
+    source = pipeline.host_source("synthetic_reasoning", "train", data.dataset_dir(config, tmp_path))
     lengths = {"answer": [], "judge": []}
     for i in range(len(source)):
         lengths["judge" if source[i]["task"].decode().startswith("judge") else "answer"].append(
