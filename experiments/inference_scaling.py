@@ -9,6 +9,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+import pandas as pd
+
 from llavao1_jax.main import fake_cpu_devices
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "inference_scaling.py"
@@ -105,7 +107,8 @@ def run(config, workdir: Path) -> list[dict]:
     rows = summarise(figures)
     (workdir / "table.md").write_text(table(rows) + "\n")
     report.write_json(workdir / "results.json", rows)
-    plot(rows, workdir / "scaling.png", config.evaluation.limit or config.data.num_test)
+    questions = len(pd.read_csv(benchmark, sep="\t", usecols=["index"]))  # the data dir's test split, not the config's
+    plot(rows, workdir / "scaling.png", questions)
     print("\n" + table(rows))
     return rows
 
