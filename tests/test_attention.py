@@ -54,19 +54,27 @@ def test_blocked_attention_is_exact(blocking):
             np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("layout", ["projected", "cached"])
 @pytest.mark.parametrize("blocking", [BLOCKINGS["one-block"], BLOCKINGS["rows-query-chunks"]],
                          ids=["one-block", "rows-query-chunks"])
-def test_attention_backward_keeps_no_scores(blocking):
-    """Gradients equal jax.nn.dot_product_attention's, and what differentiation keeps for the backward pass (the
-    leaves of the vjp closure) holds nothing the size of the [B, H, Sq, Sk] scores: they are recomputed."""
+def test_attention_backward_keeps_no_scores(blocking, layout):
+    """Gradients equal jax.nn.dot_product_attention's, with K/V in either layout and a bias that masks some keys of
+    every query and every key of some queries (a row the softmax spreads uniformly), and what differentiation keeps
+    for the backward pass (the leaves of the vjp closure) holds nothing the size of the [B, H, Sq, Sk] scores: they
+    are recomputed."""
     options = layers.AttentionOptions("xla", *blocking)
+    kv_layout = {"projected": layers.PROJECTED, "cached": layers.CACHED}[layout]
     rng = np.random.default_rng(3)
     b, sq, sk, h, kv, d = 4, 37, 29, 6, 2, 8
     q = jnp.asarray(rng.normal(size=(b, sq, h, d)), jnp.float32)
     k, v = (jnp.asarray(rng.normal(size=(b, sk, kv, d)), jnp.float32) for _ in range(2))
-    bias = jnp.asarray(np.where(rng.random((b, 1, 1, sk)) < 0.3, BLOCKED, 0.0), jnp.float32)
+    blocked = rng.random((b, 1, sq, sk)) < 0.3
+    blocked[0, 0, 5] = blocked[3, 0, 36] = True
+    bias = jnp.asarray(np.where(blocked, BLOCKED, 0.0), jnp.float32)
     cotangent = jnp.asarray(rng.normal(size=(b, sq, h, d)), jnp.float32)
-    ours, ours_vjp = jax.vjp(lambda q, k, v: layers.attention(q, k, v, bias, options), q, k, v)
+    ours, ours_vjp = jax.vjp(lambda q, k, v: layers.attention(q, layers.to_layout(k, "bskd", kv_layout.k),
+                                                              layers.to_layout(v, "bskd", kv_layout.v), bias, options,
+                                                              kv_layout), q, k, v)
     _, reference_vjp = jax.vjp(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, bias=bias), q, k, v)
     for got, expected in zip(ours_vjp(cotangent), reference_vjp(cotangent)):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)

@@ -194,26 +194,78 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: Optional[jax.Array
     return jnp.moveaxis(out, 1, 2).reshape(b, chunks * size, h, -1)[:, :sq]
 
 
-@functools.partial(jax.checkpoint, prevent_cse=False, static_argnums=4)
+def _query_rows(q: jax.Array, kv: int) -> jax.Array:
+    """q [B, Sq, H, D] -> [B, KV, Sq * G, D]: the queries of one K/V head as the rows of one matrix, ordered
+    (query, group)."""
+    b, sq, h, d = q.shape
+    return q.reshape(b, sq, kv, h // kv, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, sq * (h // kv), d)
+
+
+def _from_query_rows(rows: jax.Array, sq: int) -> jax.Array:
+    """The inverse of `_query_rows`: [B, KV, Sq * G, D] -> [B, Sq, H, D]."""
+    b, kv, m, d = rows.shape
+    return rows.reshape(b, kv, sq, m // sq, d).transpose(0, 2, 1, 3, 4).reshape(b, sq, -1, d)
+
+
+def _logits(rows, k, bias, sq: int, layout: KVLayout) -> jax.Array:
+    """Scaled scores plus bias, [B, KV, Sq * G, Sk] float32 (the scores rounded to the input dtype first)."""
+    b, kv, m, d = rows.shape
+    scores = jnp.einsum(f"bkmd,{layout.k}->bkms", rows, k)
+    scores = scores * jnp.asarray(1 / np.sqrt(d), scores.dtype)
+    scores = (scores.reshape(b, kv, sq, m // sq, -1) + bias[:, :, :, None]).astype(rows.dtype)
+    return scores.astype(jnp.float32).reshape(b, kv, m, -1)
+
+
+def _attention_forward(q, k, v, bias, layout: KVLayout):
+    """The output [B, Sq, H, D] and, for the backward pass, the output as query rows and the softmax's maximum and
+    normaliser [B, KV, Sq * G, 1]."""
+    rows = _query_rows(q, k.shape[layout.k.index("k")])
+    logits = _logits(rows, k, bias, q.shape[1], layout)
+    peak = jnp.max(logits, axis=-1, keepdims=True)
+    unnormalised = jnp.exp(logits - peak)
+    total = jnp.sum(unnormalised, axis=-1, keepdims=True)
+    probs = (unnormalised / total).astype(v.dtype)  # jax.nn.softmax's arithmetic, step for step
+    out_rows = jnp.einsum(f"bkms,{layout.v}->bkmd", probs, v)
+    return _from_query_rows(out_rows, q.shape[1]), (out_rows, peak, total)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _exact_attention(q, k, v, bias, layout: KVLayout):
     """One block of `attention`: scores in the input dtype, bias added, softmax in float32, weighted sum.
 
-    Checkpointed: differentiation keeps only the block's inputs and recomputes the scores in the backward pass, so
-    no [B, H, Sq, Sk] array of a layer outlives its block (a scan over layers would otherwise stack every layer's
-    scores and probabilities for the backward pass).
+    The queries of one K/V head form the rows of one matrix ([B, KV, Sq * G, D]), so both products are batched
+    matmuls over (batch, K/V head), the form XLA's CPU matmul library runs fastest.
 
-    The queries of one K/V head form the rows of one matrix ([B, KV, Sq * G, D], rows ordered (query, group)), so
-    both products are batched matmuls over (batch, K/V head), the form XLA's CPU matmul library runs fastest."""
-    b, sq, h, d = q.shape
-    kv = k.shape[layout.k.index("k")]
-    g = h // kv
-    rows = q.reshape(b, sq, kv, g, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, sq * g, d)
-    scores = jnp.einsum(f"bkmd,{layout.k}->bkms", rows, k)
-    scores = scores * jnp.asarray(1 / np.sqrt(d), scores.dtype)
-    scores = (scores.reshape(b, kv, sq, g, -1) + bias[:, :, :, None]).astype(q.dtype)
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(v.dtype).reshape(b, kv, sq * g, -1)
-    out = jnp.einsum(f"bkms,{layout.v}->bkmd", probs, v)
-    return out.reshape(b, kv, sq, g, d).transpose(0, 2, 1, 3, 4).reshape(b, sq, h, d)
+    The backward pass is flash attention's: it keeps the inputs, the output and the softmax's maximum and
+    normaliser per row, recomputes the probabilities in one pass, and takes the softmax's correction from
+    rowsum(dO * O) over the head dimension instead of over the keys. So no [B, H, Sq, Sk] array outlives the block
+    (a scan over layers would otherwise stack every layer's scores for the backward pass). The bias is a mask: no
+    gradient flows into it."""
+    return _attention_forward(q, k, v, bias, layout)[0]
+
+
+def _exact_attention_fwd(q, k, v, bias, layout):
+    out, (out_rows, peak, total) = _attention_forward(q, k, v, bias, layout)
+    return out, (q, k, v, bias, out_rows, peak, 1 / total)
+
+
+def _exact_attention_bwd(layout, residuals, d_out):
+    q, k, v, bias, out_rows, peak, inverse_total = residuals
+    rows = _query_rows(q, k.shape[layout.k.index("k")])
+    d_rows_out = _query_rows(d_out, k.shape[layout.k.index("k")])
+    # with the forward's maximum and normaliser, not a log-normaliser: a row whose every key is masked (logits all
+    # finfo.min) keeps its uniform probabilities
+    probs = jnp.exp(_logits(rows, k, bias, q.shape[1], layout) - peak) * inverse_total
+    d_v = jnp.einsum(f"bkms,bkmd->{layout.v}", probs.astype(v.dtype), d_rows_out)
+    d_probs = jnp.einsum(f"bkmd,{layout.v}->bkms", d_rows_out, v, preferred_element_type=jnp.float32)
+    correction = jnp.sum(d_rows_out.astype(jnp.float32) * out_rows.astype(jnp.float32), axis=-1, keepdims=True)
+    d_scores = (probs * (d_probs - correction) * (1 / np.sqrt(q.shape[-1]))).astype(q.dtype)
+    d_rows = jnp.einsum(f"bkms,{layout.k}->bkmd", d_scores, k)
+    d_k = jnp.einsum(f"bkms,bkmd->{layout.k}", d_scores, rows)
+    return _from_query_rows(d_rows, q.shape[1]), d_k.astype(k.dtype), d_v.astype(v.dtype), None
+
+
+_exact_attention.defvjp(_exact_attention_fwd, _exact_attention_bwd)
 
 
 def rope_inv_freq(head_dim: int, theta: float, rope_type: str, factor: float, low_freq_factor: float,
