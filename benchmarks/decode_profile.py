@@ -34,15 +34,22 @@ HLO_OP = re.compile(r"^\s*(?:ROOT )?%(\S+) = (\S+) ([\w-]+)\(")
 SOURCE = re.compile(r'op_name="([^"]*)"')
 
 
-def op_descriptions(compiled_text: str) -> dict[str, str]:
-    """XLA op name -> 'output shape, opcode, source operation (where XLA kept it)' from optimized HLO text."""
+def hlo_ops(compiled_text: str) -> dict[str, tuple[str, str, str]]:
+    """XLA op name -> (output shape, opcode, the full op_name of the operation it came from, '' where XLA kept none)
+    from optimized HLO text."""
     out = {}
     for line in compiled_text.splitlines():
         match = HLO_OP.match(line)
         if match:
             source = SOURCE.search(line)
-            out[match[1]] = f"{match[2]:<22} {match[3]:<7} {source[1].split('/')[-1] if source else ''}"
+            out[match[1]] = (match[2], match[3], source[1] if source else "")
     return out
+
+
+def op_descriptions(compiled_text: str) -> dict[str, str]:
+    """XLA op name -> 'output shape, opcode, source operation (where XLA kept it)' from optimized HLO text."""
+    return {name: f"{shape:<22} {opcode:<7} {source.split('/')[-1]}"
+            for name, (shape, opcode, source) in hlo_ops(compiled_text).items()}
 
 
 def op_times(trace_dir: str) -> collections.Counter:

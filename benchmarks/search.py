@@ -11,24 +11,44 @@ of our first (cold) call. The reference runs questions one after another, so its
 
 Ours runs the whole search of a batch as one jitted function (`one_jit`, the default); --stepwise adds rows for
 the stepwise path (a few jitted calls per stage, with its finer time breakdown). --compile-only runs one cold
-search per N and batch size and prints only the compile seconds (no reference, no timed run).
+search per N and batch size and prints only the compile seconds (no reference, no timed run). --profile runs one
+warm search per N and batch size under jax.profiler and prints where it went: XLA op seconds by part of the search
+(the named scopes of `search/stage_program.py`: candidates, the judge prompts' shared part, the pairs, the
+reasoning pre-check; "prompts" is the questions' prefill), decoding or prefill, and kind of op (the LM head's
+matmul, sampling, the rest). Ops on the two CPU threads may overlap, so op seconds can add up to more than the wall
+time; loop and branch thunks, whose events span their bodies, are left out.
 
     python benchmarks/search.py [--n 2 4] [--questions 1 8] [--stage-tokens 32] [--judge-tokens 16]
-        [--reference-questions 1] [--skip-reference] [--stepwise] [--compile-only]
+        [--reference-questions 1] [--skip-reference] [--stepwise] [--compile-only] [--profile]
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import os
+import re
+import sys
 import tempfile
 import time
 
-import numpy as np
-import PIL.Image
+PROFILE_DUMP = tempfile.mkdtemp(prefix="search_hlo_") if "--profile" in sys.argv else None
+if PROFILE_DUMP:  # XLA reads its flags when jax starts: the profiler's op events and the optimized HLO that names them
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
+                               f" --xla_dump_to={PROFILE_DUMP} --xla_dump_hlo_as_text"
+                               " --xla_dump_hlo_module_re=search_batch")
 
-import llavao1_jax as lj
-from generate import random_model
-from llavao1_jax.model import preset
-from llavao1_jax.search.prompts import CHECK_PARTS, STAGES, VERDICT_STRINGS, instruction, reminder
+import jax  # noqa: E402 (after the flags)
+import numpy as np  # noqa: E402
+import PIL.Image  # noqa: E402
+
+import decode_profile  # noqa: E402
+import llavao1_jax as lj  # noqa: E402
+from generate import random_model  # noqa: E402
+from llavao1_jax.model import preset  # noqa: E402
+from llavao1_jax.search.prompts import CHECK_PARTS, STAGES, VERDICT_STRINGS, instruction, reminder  # noqa: E402
+
+SCOPES = ("candidates", "judge_base", "compare", "precheck")  # stage_program's named scopes
 
 QUESTIONS = ["How many red squares are in the picture?", "Which shape is the largest, and what colour is it?",
              "Are there more circles than triangles? Answer yes or no.", "What is the sum of the two numbers shown?",
@@ -112,6 +132,38 @@ class Reference:
         return answer
 
 
+def profile(generator, processor, questions, config) -> None:
+    """Prints where a warm one-jit search of `questions` spends its time (see the module docstring)."""
+    lj.search(generator, processor, questions, config)  # cold: compiles, and dumps the optimized HLO
+    with tempfile.TemporaryDirectory() as trace_dir:
+        jax.profiler.start_trace(trace_dir)
+        start = time.perf_counter()
+        lj.search(generator, processor, questions, config)
+        wall = time.perf_counter() - start
+        jax.profiler.stop_trace()
+        times = decode_profile.op_times(trace_dir)
+    dumps = glob.glob(os.path.join(PROFILE_DUMP, "*search_batch*after_optimizations.txt"))
+    ops = decode_profile.hlo_ops(open(max(dumps, key=os.path.getmtime)).read())
+    vocab = generator.config.text.vocab_size
+    table = collections.defaultdict(collections.Counter)
+    for name, ns in times.items():
+        if name.split(".")[0] in ("while", "conditional", "call"):
+            continue
+        shape, _, source = ops.get(name, ("", "", ""))
+        part = next((scope for scope in SCOPES if f"/{scope}/" in source),
+                    "prompts" if "jit(prefill)" in source else "other")
+        step = "decode" if "jit(decode)" in source else "prefill"
+        kind = ("LM head" if f",{vocab}]" in shape and "dot_general" in source else
+                "sampling" if "next_tokens" in source else "rest")
+        table[f"{part} / {step}"][kind] += ns / 1e9
+    total = sum(sum(row.values()) for row in table.values())
+    print(f"N={config.n}, {len(questions)} questions: {wall:.2f} s wall, {total:.2f} s of op time")
+    print(f"{'part / step':<24}{'LM head':>9}{'sampling':>10}{'rest':>8}{'total':>8}{'share':>7}")
+    for key, row in sorted(table.items(), key=lambda item: -sum(item[1].values())):
+        cells = "".join(f"{row[kind]:>{width}.2f}" for kind, width in (("LM head", 9), ("sampling", 10), ("rest", 8)))
+        print(f"{key:<24}{cells}{sum(row.values()):>8.2f}{sum(row.values()) / total:>7.0%}")
+
+
 def stage_config(n: int, args) -> lj.SearchConfig:
     """The self-judged stage search with generated verdicts and fixed budgets (min = max)."""
     return lj.SearchConfig(method="stage", n=n, judge="self", max_stage_tokens=args.stage_tokens,
@@ -129,6 +181,7 @@ def main():
     parser.add_argument("--skip-reference", action="store_true")
     parser.add_argument("--stepwise", action="store_true", help="also time the stepwise path (one_jit=False)")
     parser.add_argument("--compile-only", action="store_true", help="only the compile seconds of one cold search")
+    parser.add_argument("--profile", action="store_true", help="where a warm one-jit search spends its time")
     args = parser.parse_args()
 
     config = preset("mid", scan_layers=False)
@@ -136,6 +189,11 @@ def main():
     processor = lj.Processor.llama3_2_vision(tile_size=config.vision.image_size,
                                              max_image_tiles=config.vision.max_num_tiles)
     generator = lj.Generator(model)
+    if args.profile:
+        for n in args.n:
+            for count in args.questions:
+                profile(generator, processor, make_questions(count, config.vision.image_size), stage_config(n, args))
+        return
     if args.compile_only:
         print(f"mid config, float32, one 4-tile image per question: compile seconds of the one-jit stage search "
               f"(self-judge, generated verdicts, {args.stage_tokens} tokens a stage, {args.judge_tokens} a judge call)")

@@ -132,7 +132,8 @@ def stack_stoppings(stoppings: list[Stopping]) -> Stopping:
 
 
 class _Work:
-    """The device work of one batch, the model's arrays bound (a helper of `search_batch`)."""
+    """The device work of one batch, the model's arrays bound (a helper of `search_batch`). Each part runs under a
+    named scope of its method's name, which profiles group XLA's ops by (`benchmarks/search.py --profile`)."""
 
     def __init__(self, plan: StagePlan, params, head, stops: dict, questions: Masked, has_images: bool):
         self.plan, self.params, self.head, self.stops = plan, params, head, stops
@@ -160,6 +161,7 @@ class _Work:
                               dict(input_ids=tokens, attention_mask=mask.astype(jnp.int32)),
                               row_keys(0, tokens.shape[0]), tokens.shape[1] + round_up(room, ROOM_MULTIPLE))
 
+    @jax.named_scope("candidates")
     def candidates(self, prefix, s: jax.Array) -> dict:
         """n candidates per prefix row, stopped at stage s's closing tag; truncated ones get it appended."""
         plan = self.plan
@@ -185,6 +187,7 @@ class _Work:
         return dict(state=state, tokens=tokens, mask=from_gen | from_closing, generated=lengths, truncated=truncated,
                     logprobs=logprobs, logprob=mean)
 
+    @jax.named_scope("judge_base")
     def judge_base(self, prefix, s: jax.Array, hints: list[Masked]):
         """The part of stage s's judge prompts that every pair of a question shares (BOS, header, image,
         instruction, question, hints), prefilled once per question (reading the image K/V)."""
@@ -199,6 +202,7 @@ class _Work:
                                         row_keys(0, self.q), tokens.shape[1] + round_up(room, ROOM_MULTIPLE),
                                         plan.image_token_id)
 
+    @jax.named_scope("compare")
     def compare(self, base, s: jax.Array, pairs: int, first: Masked, second: Masked) -> dict:
         """Judges `pairs` pairs per question in one batch, each pair's part of the prompt appended to a fork of its
         question's `base`: verdict [Q * pairs] (1 or 2) and what it was read from."""
@@ -218,6 +222,7 @@ class _Work:
         return dict(verdict=jnp.where(found == 0, 1, 2), parsed=found >= 0,
                     judge_tokens=gen.tokens[:, :plan.judge_max_tokens], judge_lengths=gen.lengths)
 
+    @jax.named_scope("precheck")
     def precheck(self, cands: dict, caption: Masked) -> dict:
         """The reasoning candidates' text-only check against the chosen caption: correct [Q, n] (not "incorrect").
         The part before the candidate is prefilled once per question and forked."""
