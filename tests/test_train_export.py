@@ -24,7 +24,7 @@ def test_exported_model_loads_in_transformers_with_our_logits(tmp_path):
     for gate in ("cross_attn_attn_gate", "cross_attn_mlp_gate"):  # open the zero-initialised gates, as training does
         cross[gate] = cross[gate] + 0.5
     processor = data.make_processor(config, cfg)
-    export_hf(graphdef, params, processor, tmp_path / "hf")
+    export_hf(graphdef, params, processor, tmp_path / "hf", vocab_ids=None)
 
     batch = data.random_batch(cfg, 2, 24, seed=1)
     batch.pop("labels")
