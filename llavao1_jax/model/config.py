@@ -139,10 +139,11 @@ class MllamaConfig:
     "dots" = save matmul outputs without batch dims); scan_layers: layout of the text decoder's layers, stacked and
     scanned (True: one trace whatever the depth, for training) or one module per layer run in a Python loop (False:
     what decoding wants, see model/text.py; the vision encoder is scanned either way, it runs once per prefill);
-    attention_impl: "xla" (exact, any device) or "cudnn" (fused
-    flash attention on NVIDIA GPUs, bf16/fp16); attention_block_bytes: the most bytes of float32 attention scores
-    the "xla" path holds in one block (None: the backend's default, 8 MiB of a few batch rows on CPU, 1 GiB spanning
-    the batch elsewhere; see `layers.AttentionOptions`); meta_cross_attention_row_mask: also zero the cross-attention
+    attention_impl: "xla" (exact, any device) or "cudnn" (fused flash attention on NVIDIA GPUs, bf16/fp16);
+    attention_block_bytes: the most bytes of float32 attention scores the "xla" path holds in one block (None: the
+    backend's default, 8 MiB of a few batch rows on CPU, 1 GiB spanning the batch elsewhere; see
+    `layers.AttentionOptions`); attention_split_batch: whether such a block may take a subset of the batch rows (None:
+    the backend's default, yes on CPU only); meta_cross_attention_row_mask: also zero the cross-attention
     output of text rows that see no image (Meta's reference) instead of only the MLP branch (transformers);
     activation_rules: a logical-axis rules table (`llavao1_jax.sharding`) that places the text decoder's hidden
     states at every layer boundary, ("batch", "length", "embed"), on the mesh set by `jax.set_mesh` (None: no
@@ -158,6 +159,7 @@ class MllamaConfig:
     scan_layers: bool = True
     attention_impl: str = "xla"
     attention_block_bytes: Optional[int] = None
+    attention_split_batch: Optional[bool] = None
     meta_cross_attention_row_mask: bool = False
     activation_rules: Optional[tuple] = None
 

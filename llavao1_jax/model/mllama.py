@@ -32,7 +32,8 @@ class Mllama(nnx.Module):
         self.config = config
         dtype, param_dtype = jnp.dtype(config.dtype), jnp.dtype(config.param_dtype)
         kw = dict(param_dtype=param_dtype, dtype=dtype, rngs=rngs)
-        attention_options = AttentionOptions(config.attention_impl, config.attention_block_bytes)
+        attention_options = AttentionOptions(config.attention_impl, config.attention_block_bytes,
+                                             config.attention_split_batch)
         self.vision_model = VisionEncoder(config.vision, remat=config.remat, attention_options=attention_options, **kw)
         self.multi_modal_projector = Linear(config.vision.vision_output_dim, config.text.hidden_size,
                                             ("vision_out", "embed"), bias=True, **kw)

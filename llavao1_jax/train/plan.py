@@ -6,8 +6,10 @@ Lowers and compiles the config's train step ahead of time on a mesh of fake CPU 
 parameter is ever materialised), then prints per-device memory: parameters and optimiser state (from their
 shardings), what the compiled step holds as arguments, outputs and temporaries, and FLOPs: XLA's count of the
 compiled step (which counts a scanned layer once, not once per layer) beside 6 x parameters x tokens. The CPU
-compiler stands in for the accelerator's: cuDNN attention is planned as XLA attention, and the CPU backend may keep
-some bfloat16 temporaries in float32, so the temporaries are an upper estimate.
+compiler stands in for the accelerator's: cuDNN attention is planned as XLA attention in the accelerator's blocks
+(1 GiB of scores spanning the batch, not the CPU's 8 MiB blocks of a few rows, which would keep per-block copies of
+K and V for the backward pass), and the CPU backend may keep some bfloat16 temporaries in float32, so the
+temporaries are an upper estimate.
 """
 from __future__ import annotations
 
@@ -64,13 +66,16 @@ def plan(config, *, seq_len: int | None = None, supervised_fraction: float = 1.0
     """Compiles `config`'s train step for abstract inputs on the current (fake) devices and measures it."""
     import jax
 
+    from llavao1_jax.model.layers import default_blocking
     from llavao1_jax.train import data, mesh as train_mesh, state as train_state
     from llavao1_jax.train.loss import loss_targets, supervised_length
     from llavao1_jax.train.program import build_program
 
     mesh, rules = train_mesh.mesh_from_config(config), train_mesh.rules_from_config(config)
     train_mesh.check_batch_layout(config, mesh, rules)
-    cfg = train_state.model_config(config).replace(attention_impl="xla")  # cuDNN does not lower on CPU
+    block_bytes, split_batch = default_blocking("gpu")  # attention as the accelerator blocks it
+    cfg = train_state.model_config(config).replace(attention_impl="xla",  # cuDNN does not lower on CPU
+                                                   attention_block_bytes=block_bytes, attention_split_batch=split_batch)
     seq_len = seq_len or config.data.buckets[-1]
     program = build_program(config, cfg, mesh, rules, steps_per_epoch=1000, total_steps=1000)
     abstract = program.abstract_state(config.seed)
