@@ -24,16 +24,19 @@ time; loop and branch thunks, whose events span their bodies, are left out.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import glob
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
 
 PROFILE_DUMP = tempfile.mkdtemp(prefix="search_hlo_") if "--profile" in sys.argv else None
 if PROFILE_DUMP:  # XLA reads its flags when jax starts: the profiler's op events and the optimized HLO that names them
+    atexit.register(shutil.rmtree, PROFILE_DUMP, True)
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true"
                                f" --xla_dump_to={PROFILE_DUMP} --xla_dump_hlo_as_text"
                                " --xla_dump_hlo_module_re=search_batch")

@@ -10,10 +10,13 @@ when the inputs are unusable (missing jsonl or image root), or when the data dir
 parameters (pass --overwrite to rebuild).
 """
 import argparse
+import contextlib
+import io
 import json
 import sys
 
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from llavao1_jax.data.llava_cot_100k import InvalidRecordError, LlavaCot100k, check_inputs
 from llavao1_jax.data import synthetic_reasoning as sr
@@ -22,12 +25,27 @@ from llavao1_jax.data.synthetic_reasoning import SyntheticReasoning
 FILE_FORMAT = "array_record"
 
 
+@contextlib.contextmanager
+def _tfds_quiet():
+    """Hides TFDS's own lines around preparing a dataset: "Downloading and preparing dataset ..." (nothing is
+    downloaded), "Dataset ... downloaded and prepared" and a warning that the version folder has no
+    dataset_info.json yet. Our builders print nothing to stdout, and their progress bars (stderr) stay."""
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        absl_logging.set_verbosity(verbosity)
+
+
 def _prepare(builder: tfds.core.DatasetBuilder, overwrite: bool) -> None:
     """Generate the dataset unless the data dir already has it (always, if `overwrite`)."""
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if overwrite:
         mode = tfds.download.GenerateMode.FORCE_REDOWNLOAD
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    with _tfds_quiet():
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
 
 
 def build_llava_cot_100k(jsonl, image_root, data_dir, *, strict: bool = False, num_workers: int = 8,
@@ -61,7 +79,9 @@ def build_synthetic_reasoning(data_dir, *, num_train: int, num_test: int, seed: 
                                  data_dir=data_dir,
                                  file_format=FILE_FORMAT)
     wanted = dict(builder.params)
-    if builder.is_prepared() and not overwrite and dict(builder.info.metadata["params"]) != wanted:
+    with _tfds_quiet():
+        prepared = builder.is_prepared()
+    if prepared and not overwrite and dict(builder.info.metadata["params"]) != wanted:
         raise ValueError(f"{builder.data_dir} holds synthetic_reasoning built with {dict(builder.info.metadata['params'])}, "
                          f"not {wanted}; use another --data-dir or pass --overwrite")
     _prepare(builder, overwrite)
