@@ -13,10 +13,12 @@ Ours runs the whole search of a batch as one jitted function (`one_jit`, the def
 the stepwise path (a few jitted calls per stage, with its finer time breakdown). --compile-only runs one cold
 search per N and batch size and prints only the compile seconds (no reference, no timed run). --profile runs one
 warm search per N and batch size under jax.profiler and prints where it went: XLA op seconds by part of the search
-(the named scopes of `search/stage_program.py`: candidates, the judge prompts' shared part, the pairs, the
-reasoning pre-check; "prompts" is the questions' prefill), decoding or prefill, and kind of op (the LM head's
-matmul, sampling, the rest). Ops on the two CPU threads may overlap, so op seconds can add up to more than the wall
-time; loop and branch thunks, whose events span their bodies, are left out.
+(the named scopes of `search/stage_program.py`: candidates, the winners selected as the next prefix, the judge
+prompts' shared part, the pairs, the reasoning pre-check; "prompts" is the questions' prefill), decoding or
+prefill, and kind of op (the LM head's matmul, sampling, the rest). Ops on the two CPU threads may overlap, so op
+seconds can add up to more than the wall time; loop and branch thunks, whose events span their bodies, are left
+out. With the reference, the last line gives one float32 matmul's rate in XLA and in torch (`matmul_rate.py`):
+the ratio moves with the CPU's BLAS.
 
     python benchmarks/search.py [--n 2 4] [--questions 1 8] [--stage-tokens 32] [--judge-tokens 16]
         [--reference-questions 1] [--skip-reference] [--stepwise] [--compile-only] [--profile]
@@ -46,12 +48,13 @@ import numpy as np  # noqa: E402
 import PIL.Image  # noqa: E402
 
 import decode_profile  # noqa: E402
+import matmul_rate  # noqa: E402
 import llavao1_jax as lj  # noqa: E402
 from generate import random_model  # noqa: E402
 from llavao1_jax.model import preset  # noqa: E402
 from llavao1_jax.search.prompts import CHECK_PARTS, STAGES, VERDICT_STRINGS, instruction, reminder  # noqa: E402
 
-SCOPES = ("candidates", "judge_base", "compare", "precheck")  # stage_program's named scopes
+SCOPES = ("candidates", "selected", "judge_base", "compare", "precheck")  # stage_program's named scopes
 
 QUESTIONS = ["How many red squares are in the picture?", "Which shape is the largest, and what colour is it?",
              "Are there more circles than triangles? Answer yes or no.", "What is the sum of the two numbers shown?",
@@ -251,6 +254,8 @@ def main():
                 breakdown = ", ".join(f"{name} {value:.2f}" for name, value in parts.items())
                 print(f"{n:2d} | {count:9d} | {path:>8} | {seconds:8.2f} | {ref} | {ratio} | {mine:>15} | "
                       f"{ref_tokens:>15} | {breakdown} ({parts['other'] / totals['seconds']:.0%} other) | {cold:.1f}")
+    if hf is not None:
+        print(matmul_rate.describe(matmul_rate.xla_gflops(), matmul_rate.torch_gflops()))
 
 
 if __name__ == "__main__":

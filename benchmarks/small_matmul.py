@@ -18,23 +18,14 @@ No layout, library or XLA flag we tried changes that (see the generation issue's
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from matmul_rate import best_ms
+
 HIDDEN, VOCAB = 512, 128256
-
-
-def best_ms(fn, repeats: int) -> float:
-    fn()  # compile / warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times) * 1e3
 
 
 def main():

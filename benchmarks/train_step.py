@@ -10,7 +10,8 @@ AdamW, scanned layers, the remat policy of `--remat`, XLA's memory-optimised CPU
 that its memory is its own (both read the batch and the transformers config the parent writes, so the reference's
 process imports neither jax nor this package); the table gives the median step time, tokens/s (batch x length /
 step time), the peak RSS of the whole child (for ours this includes XLA's compilation) and the peak RSS while the
-timed steps run (Linux: /proc/self/clear_refs resets the mark after the first step), and the ratio of tokens/s.
+timed steps run (Linux: /proc/self/clear_refs resets the mark after the first step), and the ratio of tokens/s;
+then each child's rate of one float32 matmul (`matmul_rate.py`), since the ratio moves with the CPU's BLAS.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import matmul_rate
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "sft_tiny.py"
 
@@ -95,7 +98,7 @@ def time_ours(args) -> dict:
             times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "first_call_s": compile_s, "loss": float(m["loss"]),
             "peak_rss_gb": _peak_rss_gb(), "step_peak_rss_gb": _step_peak_gb(),
-            "temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9}
+            "temp_gb": step.memory_analysis().temp_size_in_bytes / 1e9, "matmul_gflops": matmul_rate.xla_gflops()}
 
 
 def time_transformers(args) -> dict:
@@ -129,7 +132,7 @@ def time_transformers(args) -> dict:
         loss = step()
         times.append(time.perf_counter() - start)
     return {"seconds": statistics.median(times), "first_call_s": first, "loss": loss, "peak_rss_gb": _peak_rss_gb(),
-            "step_peak_rss_gb": _step_peak_gb()}
+            "step_peak_rss_gb": _step_peak_gb(), "matmul_gflops": matmul_rate.torch_gflops()}
 
 
 def main():
@@ -167,6 +170,7 @@ def main():
               f"{r['step_peak_rss_gb']:>13.2f}{r['first_call_s']:>14.1f}")
     print(f"our compiled step's temporaries (XLA memory analysis): {rows['ours']['temp_gb']:.2f} GB")
     print(f"tokens/s ratio (ours / transformers): {rows['transformers']['seconds'] / rows['ours']['seconds']:.2f}x")
+    print(matmul_rate.describe(rows["ours"]["matmul_gflops"], rows["transformers"]["matmul_gflops"]))
 
 
 if __name__ == "__main__":

@@ -163,7 +163,8 @@ class _Work:
 
     @jax.named_scope("candidates")
     def candidates(self, prefix, s: jax.Array) -> dict:
-        """n candidates per prefix row, stopped at stage s's closing tag; truncated ones get it appended."""
+        """n candidates per prefix row, stopped at stage s's closing tag; truncated ones get it appended to their
+        tokens (their cache rows get it in `selected`, if chosen)."""
         plan = self.plan
         stopping = jax.tree.map(lambda a: a[s], self.stops["stages"])
         state, gen = self.decode(fork(prefix, plan.n), stopping, plan.max_stage_tokens)
@@ -171,9 +172,6 @@ class _Work:
         closing = Masked.per_stage(plan.closing, s)
         c = closing.mask.sum()
         width = closing.tokens.shape[1]
-        appended = jnp.pad(closing.tokens[0], (0, bucket_length(width) - width))
-        mask = jnp.pad(closing.mask[0], (0, bucket_length(width) - width))[None] & truncated[:, None]
-        state = self.append(state, jnp.broadcast_to(appended, mask.shape), mask)
         lengths, t = gen.lengths, plan.max_stage_tokens
         j = jnp.arange(plan.candidate_width)[None]
         from_gen = j < lengths[:, None]
@@ -186,6 +184,17 @@ class _Work:
         mean = jnp.where(lengths > 0, logprobs.sum(axis=1) / jnp.maximum(lengths, 1), -jnp.inf)
         return dict(state=state, tokens=tokens, mask=from_gen | from_closing, generated=lengths, truncated=truncated,
                     logprobs=logprobs, logprob=mean)
+
+    @jax.named_scope("selected")
+    def selected(self, cands: dict, s: jax.Array, rows: jax.Array):
+        """The next prefix: candidates `rows`' cache rows, the truncated ones with stage s's closing tag fed, free
+        slots compacted (as `Candidates.select` and `keep` do it)."""
+        closing = Masked.per_stage(self.plan.closing, s)
+        pad = bucket_length(closing.tokens.shape[1]) - closing.tokens.shape[1]
+        tokens, mask = jnp.pad(closing.tokens, ((0, 0), (0, pad))), jnp.pad(closing.mask, ((0, 0), (0, pad)))
+        mask = mask & cands["truncated"][rows][:, None]
+        state = self.append(select_rows(cands["state"], rows), jnp.broadcast_to(tokens, mask.shape), mask)
+        return compact(state)
 
     @jax.named_scope("judge_base")
     def judge_base(self, prefix, s: jax.Array, hints: list[Masked]):
@@ -297,7 +306,8 @@ def search_batch(plan: StagePlan, params, head, inputs: dict, questions: jax.Arr
         else:
             winners, record = work.tournament(prefix, s, cands, order, chosen)
         rows = jnp.arange(q) * n + winners
-        prefix = compact(select_rows(cands.pop("state"), rows))
+        prefix = work.selected(cands, s, rows)
+        del cands["state"]
         chosen = (chosen.tokens.at[s].set(cands["tokens"][rows]), chosen.mask.at[s].set(cands["mask"][rows]))
         return (prefix, *chosen), dict(cands, winners=winners, **record)
 

@@ -31,7 +31,7 @@ def swires(batch: Batch) -> None:
         caption_scores = score(batch, captions, owners, [summaries[q] for q in owners]).reshape(q_count, constants.m)
         best = np.argsort(-caption_scores, axis=1, kind="stable")[:, :constants.keep]
         rows = (np.arange(q_count)[:, None] * constants.m + best).reshape(-1)
-        kept = batch.generator.select_rows(captions.state, rows, copies=constants.keep)
+        kept = captions.select(batch.generator, rows, copies=constants.keep)
         reasonings = sample(batch, REASONINGS_PER_CAPTION, stop_strings=("</REASONING>",), close="</REASONING>",
                             prefix=kept, **step)
         per_question = constants.keep * REASONINGS_PER_CAPTION
