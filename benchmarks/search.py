@@ -2,26 +2,29 @@
 transformers (every candidate and every judge call a separate `generate` from scratch at batch 1), same process.
 
 The mid-size config with random weights (benchmarks/generate.py's), float32 on CPU, the real Llama-3.2-Vision
-processor with 224-px tiles, one 4-tile image per question. Both sides do identical work: every stage candidate is
-exactly --stage-tokens tokens and every judge call (pairwise verdicts and the reasoning pre-check) exactly
---judge-tokens tokens (min = max), self-judge with generated verdicts. Prints per-question seconds for each N and
-batch size (ours: the fastest of --repeats warm calls), the ratio, our time breakdown, both sides' token counts
-(which must match), and the compile seconds of our first (cold) call. The reference runs questions one after
-another, so its per-question time is measured on --reference-questions questions.
+processor with 224-px tiles, one 4-tile image per question; --preset and --dtype pick another shape (on a GPU:
+`--preset llama-3.2-11b-vision --dtype bfloat16 --skip-reference`, questions per minute at the 11B shapes). Both
+sides do identical work: every stage candidate is exactly --stage-tokens tokens and every judge call (pairwise
+verdicts and the reasoning pre-check) exactly --judge-tokens tokens (min = max), self-judge with generated
+verdicts. Prints per-question seconds for each N and batch size (ours: the fastest of --repeats warm calls), the
+ratio, our time breakdown, both sides' token counts (which must match), and the compile seconds of our first (cold)
+call. The reference runs questions one after another, so its per-question time is measured on --reference-questions
+questions.
 
-Ours runs the whole search of a batch as one jitted function (`one_jit`, the default); --stepwise adds rows for
-the stepwise path (a few jitted calls per stage, with its finer time breakdown). --compile-only runs one cold
-search per N and batch size and prints only the compile seconds (no reference, no timed run). --profile runs one
-warm search per N and batch size under jax.profiler and prints where it went: XLA op seconds by part of the search
-(the named scopes of `search/stage_program.py`: candidates, the winners selected as the next prefix, the judge
-prompts' shared part, the pairs, the reasoning pre-check; "prompts" is the questions' prefill), decoding or
-prefill, and kind of op (the LM head's matmul, sampling, the rest). Ops on the two CPU threads may overlap, so op
-seconds can add up to more than the wall time; loop and branch thunks, whose events span their bodies, are left
-out. With the reference, the last line gives one float32 matmul's rate in XLA and in torch (`matmul_rate.py`):
-the ratio moves with the CPU's BLAS.
+Ours runs the whole search of a batch as one jitted function (`one_jit`, the default); --stepwise adds rows for the
+stepwise path (a few jitted calls per stage, with its finer time breakdown). --compile-only runs one cold search
+per N and batch size and prints only the compile seconds (no reference, no timed run). --profile runs one warm
+search per N and batch size under jax.profiler and prints where it went: XLA op seconds by part of the search (the
+named scopes of `search/stage_program.py`: candidates, the winners selected as the next prefix, the judge prompts'
+shared part, the pairs, the reasoning pre-check; "prompts" is the questions' prefill), decoding or prefill, and
+kind of op (the LM head's matmul, sampling, the rest). Ops on the two CPU threads may overlap, so op seconds can
+add up to more than the wall time; loop and branch thunks, whose events span their bodies, are left out. With the
+reference, the last line gives one float32 matmul's rate in XLA and in torch (`matmul_rate.py`): the ratio moves
+with the CPU's BLAS.
 
     python benchmarks/search.py [--n 2 4] [--questions 1 8] [--stage-tokens 32] [--judge-tokens 16]
-        [--reference-questions 1] [--repeats 2] [--skip-reference] [--stepwise] [--compile-only] [--profile]
+        [--reference-questions 1] [--repeats 2] [--preset mid] [--dtype float32] [--skip-reference] [--stepwise]
+        [--compile-only] [--profile]
 """
 from __future__ import annotations
 
@@ -189,13 +192,16 @@ def main():
     parser.add_argument("--judge-tokens", type=int, default=16)
     parser.add_argument("--reference-questions", type=int, default=1)
     parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument("--preset", default="mid", help="model shape, random weights (e.g. llama-3.2-11b-vision)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--repeats", type=int, default=2, help="warm searches of ours per row; the fastest counts")
     parser.add_argument("--stepwise", action="store_true", help="also time the stepwise path (one_jit=False)")
     parser.add_argument("--compile-only", action="store_true", help="only the compile seconds of one cold search")
     parser.add_argument("--profile", action="store_true", help="where a warm one-jit search spends its time")
     args = parser.parse_args()
 
-    config = preset("mid", scan_layers=False)
+    config = preset(args.preset, scan_layers=False, dtype=args.dtype, param_dtype=args.dtype)
+    setup = f"{args.preset} config, {args.dtype}, one {config.vision.max_num_tiles}-tile image per question"
     model = random_model(config)
     processor = lj.Processor.llama3_2_vision(tile_size=config.vision.image_size,
                                              max_image_tiles=config.vision.max_num_tiles)
@@ -206,7 +212,7 @@ def main():
                 profile(generator, processor, make_questions(count, config.vision.image_size), stage_config(n, args))
         return
     if args.compile_only:
-        print(f"mid config, float32, one 4-tile image per question: compile seconds of the one-jit stage search "
+        print(f"{setup}: compile seconds of the one-jit stage search "
               f"(self-judge, generated verdicts, {args.stage_tokens} tokens a stage, {args.judge_tokens} a judge call)")
         for n in args.n:
             for count in args.questions:
@@ -228,10 +234,11 @@ def main():
         with tempfile.TemporaryDirectory() as directory:
             lj.save_pretrained(model, directory)
             hf = MllamaForConditionalGeneration.from_pretrained(directory, attn_implementation="sdpa",
-                                                                torch_dtype=torch.float32).eval()
-    print(f"mid config, float32, one 4-tile image per question; {args.stage_tokens} tokens a stage, "
+                                                                torch_dtype=getattr(torch, args.dtype)).eval()
+    print(f"{setup}; {args.stage_tokens} tokens a stage, "
           f"{args.judge_tokens} a judge call (min = max), self-judge with generated verdicts")
-    print(f"{'N':>2} | {'questions':>9} | {'path':>8} | {'ours s/q':>8} | {'ref s/q':>8} | {'ratio':>6} | "
+    print(f"{'N':>2} | {'questions':>9} | {'path':>8} | {'ours s/q':>8} | {'ours q/min':>10} | {'ref s/q':>8} | "
+          f"{'ratio':>6} | "
           f"{'ours tokens':>15} | {'ref tokens':>15} | breakdown (s) | compile s (cold call)")
     paths = {"one_jit": True, "stepwise": False} if args.stepwise else {"one_jit": True}
     for n in args.n:
@@ -257,8 +264,9 @@ def main():
                 mine = f"{totals['candidate_tokens'] // count}+{totals['judge_tokens'] // count}/q"
                 parts = totals["breakdown"]
                 breakdown = ", ".join(f"{name} {value:.2f}" for name, value in parts.items())
-                print(f"{n:2d} | {count:9d} | {path:>8} | {seconds:8.2f} | {ref} | {ratio} | {mine:>15} | "
-                      f"{ref_tokens:>15} | {breakdown} ({parts['other'] / totals['seconds']:.0%} other) | {cold:.1f}")
+                print(f"{n:2d} | {count:9d} | {path:>8} | {seconds:8.2f} | {60 / seconds:10.1f} | {ref} | {ratio} | "
+                      f"{mine:>15} | {ref_tokens:>15} | {breakdown} "
+                      f"({parts['other'] / totals['seconds']:.0%} other) | {cold:.1f}")
     if hf is not None:
         print(matmul_rate.describe(matmul_rate.xla_gflops(), matmul_rate.torch_gflops()))
 
