@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from llavao1_jax import vocab_reductions as vocab
 from llavao1_jax.inference import stop_strings
 from llavao1_jax.inference.decoding_model import head_logits
 from llavao1_jax.inference.sampling import SamplingConfig, next_tokens
@@ -97,10 +98,10 @@ def token_logprobs(model: Mllama, head, logits: jax.Array, hidden: jax.Array, to
         h_c, t_c = args
         chunk_logits = head_logits(model, head, h_c).astype(jnp.float32)         # [B, chunk, V]
         picked = jnp.take_along_axis(chunk_logits, t_c[..., None], axis=-1)[..., 0]
-        return picked - jax.nn.logsumexp(chunk_logits, axis=-1)
+        return picked - vocab.logsumexp(chunk_logits)
 
     predicted_next = jax.lax.map(score_chunk, (h, t)).swapaxes(0, 1).reshape(b, -1)[:, :s]   # [B, S]
-    first = jnp.take_along_axis(logits, tokens, axis=1) - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    first = jnp.take_along_axis(logits, tokens, axis=1) - vocab.logsumexp(logits)[:, None]
     # the score of a valid token comes from the previous valid position, or from `logits` for a row's first one
     previous = jax.lax.cummax(jnp.where(valid, position, -1), axis=1)
     previous = jnp.concatenate([jnp.full((b, 1), -1), previous[:, :-1]], axis=1)

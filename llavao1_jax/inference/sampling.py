@@ -23,10 +23,11 @@ normaliser of the log-probabilities.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
+
+from llavao1_jax import vocab_reductions as vocab
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,13 +71,13 @@ def next_tokens(logits: jax.Array, keys: jax.Array, config: SamplingConfig, bann
     """
     banning = banned_ids is not None and banned_ids.size > 0
     if not config.do_sample:
-        blocks = _blocks(logits)
+        blocks = vocab.blocks(logits)
         block_max = blocks.max(axis=-1)                                    # [B, n_blocks]
-        log_total = _log_normaliser(logits, block_max.max(axis=-1))
+        log_total = vocab.logsumexp(logits, block_max.max(axis=-1))
         tokens, chosen = _first_max(blocks, block_max, banned_ids if banning else None, ban)
         return tokens, chosen - log_total
     top = jnp.max(logits, axis=-1)
-    log_total = _log_normaliser(logits, top)
+    log_total = vocab.logsumexp(logits, top)
     processed = logits
     if banning:
         # an elementwise mask (not a scatter into a copy of the logits) fuses into the reductions that read it
@@ -86,26 +87,6 @@ def next_tokens(logits: jax.Array, keys: jax.Array, config: SamplingConfig, bann
     tokens = _sample(processed, top, keys, config)
     chosen = jnp.take_along_axis(logits, tokens[:, None], axis=-1)[:, 0]
     return tokens, chosen - log_total
-
-
-def _log_normaliser(logits: jax.Array, top: jax.Array) -> jax.Array:
-    """log(sum(exp(logits))) per row, given the row maxima `top` [B]."""
-    return top + jnp.log(_total(jnp.exp(_blocks(logits) - top[:, None, None]).sum(axis=-1)))
-
-
-def _total(block_sums: jax.Array) -> jax.Array:
-    """Row sums [B] of block sums [B, n], as a product with ones. XLA would merge a sum into the reduction that made
-    the block sums: on CPU a slower whole-row reduction, which also makes it store the exp feeding both."""
-    ones = jnp.ones(block_sums.shape[-1], block_sums.dtype)
-    return jnp.matmul(block_sums, ones, precision=jax.lax.Precision.HIGHEST)
-
-
-def _blocks(logits: jax.Array) -> jax.Array:
-    """[B, V] -> [B, V / c, c] with c the divisor of V nearest sqrt(V) (a free reshape, no padding)."""
-    v = logits.shape[-1]
-    divisors = [d for small in range(1, math.isqrt(v) + 1) if v % small == 0 for d in (small, v // small)]
-    c = min(divisors, key=lambda d: abs(d * d - v))
-    return logits.reshape(logits.shape[0], v // c, c)
 
 
 def _first_max(blocks: jax.Array, block_max: jax.Array, banned_ids, ban) -> tuple[jax.Array, jax.Array]:
@@ -145,13 +126,13 @@ def _sample(logits: jax.Array, top: jax.Array, keys: jax.Array, config: Sampling
         kth = jax.lax.top_k(logits, min(config.top_k, logits.shape[-1]))[0][:, -1:]
         logits = jnp.where(logits >= kth, logits, -jnp.inf)
     b = logits.shape[0]
-    blocks = _blocks(logits)
-    shifted = _blocks((logits - top[:, None]) / config.temperature)      # log-probabilities + log normaliser
+    blocks = vocab.blocks(logits)
+    shifted = vocab.blocks((logits - top[:, None]) / config.temperature)  # log-probabilities + log normaliser
     mass = jnp.exp(shifted).sum(axis=-1)                                   # [B, n_blocks]
     nowhere = (jnp.full(b, -jnp.inf), jnp.full(b, -1, jnp.int32))         # ranks below every token
     if config.top_p == 1:
         return _draw(blocks, shifted, mass, *nowhere, _uniform(keys, jnp.zeros(b, jnp.int32)))
-    limit = config.top_p * _total(mass)
+    limit = config.top_p * vocab.row_total(mass)
 
     def attempt(carry, rows=None):
         """One draw and nucleus test for rows `rows` [K] (ids >= B: none; None: all); the others keep their state."""
@@ -161,7 +142,7 @@ def _sample(logits: jax.Array, top: jax.Array, keys: jax.Array, config: Sampling
                       _uniform(keys[at], tries[at]))
         value = jnp.take_along_axis(logits[at], drawn[:, None], axis=-1)[:, 0]
         above = _mass_above(blocks[at], shifted[at], value, drawn)
-        accept = _total(above) < limit[at]
+        accept = vocab.row_total(above) < limit[at]
         put = (lambda x, new: new) if rows is None else (lambda x, new: x.at[rows].set(new, mode="drop"))
         return (put(tokens, drawn), put(done, accept), put(floor_value, value), put(floor_token, drawn),
                 put(mass, above), put(tries, tries[at] + 1))

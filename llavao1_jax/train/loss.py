@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from llavao1_jax import vocab_reductions as vocab
 from llavao1_jax.data.pipeline import IGNORE_INDEX
 
 
@@ -59,7 +60,7 @@ def _chunk_loss(h, kernel, targets, weights):
 
 def _chunk_loss_fwd(h, kernel, targets, weights):
     logits = _logits(h, kernel)
-    lse = jax.nn.logsumexp(logits, axis=-1)
+    lse = vocab.logsumexp(logits)
     per_token = lse - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return jnp.sum(per_token * weights), (h, kernel, targets, weights, lse, per_token)
 
