@@ -1,10 +1,9 @@
 """Reductions over the vocabulary axis, done in blocks.
 
-On CPU, XLA reduces a whole 128k-entry row far more slowly than it reduces blocks of a few hundred entries: the
-sum of exps of [512, 128256] float32 logits took 150-158 ms as `jax.nn.logsumexp` and 22 ms here, maximum
-included (benchmarks/README.md). So a row is viewed as blocks of about sqrt(V) entries (a free reshape), each
-block is reduced, and the block results are totalled as a product with ones, which XLA does not merge back into
-one whole-row reduction. Sampling, the loss and the engine's token log-probabilities use these.
+On CPU, XLA reduces a whole 128k-entry row far more slowly than it reduces blocks of a few hundred entries (figures
+in benchmarks/README.md). So a row is viewed as blocks of about sqrt(V) entries (a free reshape), each block is
+reduced, and the block results are totalled as a product with ones, which XLA does not merge back into one
+whole-row reduction. Sampling, the loss and the engine's token log-probabilities use these.
 """
 from __future__ import annotations
 
@@ -31,8 +30,8 @@ def row_total(block_sums: jax.Array) -> jax.Array:
 
 
 def logsumexp(x: jax.Array, top: jax.Array | None = None) -> jax.Array:
-    """log(sum(exp(x))) over the last axis [...], given the row maxima `top` [...] (computed when None). Rows must
-    hold a finite maximum. Not differentiable through `top`'s computation: callers differentiate by hand."""
+    """log(sum(exp(x))) over the last axis [...], given the row maxima `top` [...] (computed when None, held
+    constant under differentiation as in `jax.nn.logsumexp`). Rows must hold a finite maximum."""
     if top is None:
         top = jax.lax.stop_gradient(x.max(axis=-1))
     return top + jnp.log(row_total(jnp.exp(blocks(x) - top[..., None, None]).sum(axis=-1)))

@@ -28,14 +28,18 @@ FILE_FORMAT = "array_record"
 @contextlib.contextmanager
 def _tfds_quiet():
     """Hides TFDS's own lines around preparing a dataset: "Downloading and preparing dataset ..." (nothing is
-    downloaded), "Dataset ... downloaded and prepared" and a warning that the version folder has no
-    dataset_info.json yet. Our builders print nothing to stdout, and their progress bars (stderr) stay."""
+    downloaded), "Dataset ... downloaded and prepared", a warning that the version folder has no
+    dataset_info.json yet, and its "Generating splits" and "Shuffling" progress bars. Our builders print nothing
+    to stdout, and their own progress bars (stderr) stay."""
     verbosity = absl_logging.get_verbosity()
+    bars = getattr(tfds.core.utils.tqdm_utils, "_active", True)
     absl_logging.set_verbosity(absl_logging.ERROR)
+    tfds.display_progress_bar(False)
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
+        tfds.display_progress_bar(bars)
         absl_logging.set_verbosity(verbosity)
 
 

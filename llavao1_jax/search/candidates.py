@@ -29,10 +29,11 @@ class Candidates:
     def select(self, generator: Generator, rows: np.ndarray, copies: int = 1) -> DecodeState:
         """The decode state of candidates `rows` (`select_rows`), truncated ones with their closing text fed."""
         state = generator.select_rows(self.state, rows, copies=copies)
-        if self.closing is None or not self.truncated[rows].any():
+        truncated = self.truncated[rows]
+        if self.closing is None or not truncated.any():
             return state
         appended, mask = pack([self.closing], len(rows))
-        return generator.append_tokens(state, appended, mask & self.truncated[rows][:, None])
+        return generator.append_tokens(state, appended, mask & truncated[:, None])
 
     def mean_logprob(self) -> np.ndarray:
         return np.asarray([lp.mean() if len(lp) else -np.inf for lp in self.logprobs])
